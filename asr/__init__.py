@@ -1,0 +1,1 @@
+"""Speech in: Silero VAD and streaming Whisper (faster-whisper), each servable over gRPC."""

@@ -1,0 +1,57 @@
+"""Typed configuration of the NLU service and its LLM engine."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class LlamaCppLaunch(BaseModel):
+    """How `voiceai serve nlu` starts a local llama.cpp server (CPU profile)."""
+
+    enabled: bool = Field(True, description="Start llama_cpp.server as a child process.")
+    model: str = Field("qwen2.5-0.5b-instruct-q4", description="GGUF model name in the registry.")
+    port: int = Field(0, ge=0, description="Loopback port for the engine; 0 picks a free one.")
+    n_ctx: int = Field(4096, ge=512, description="Context window in tokens.")
+    n_threads: int = Field(2, ge=1, description="CPU threads for generation.")
+    startup_timeout_s: float = Field(120.0, gt=0, description="Wait this long for the engine to answer.")
+
+
+class EngineConfig(BaseModel):
+    """The OpenAI-compatible chat-completions engine: vLLM in production, llama.cpp here."""
+
+    kind: Literal["llama_cpp", "vllm"] = Field("llama_cpp", description="Which engine serves the model.")
+    base_url: str = Field("", description="Engine URL ending in /v1; empty uses the launched llama.cpp.")
+    model: str = Field("local", description="Model name sent in requests (vLLM: the served model name).")
+    api_key: str = Field("not-needed", description="Bearer token for the engine (a secret: set by env).")
+    tool_call_format: Literal["openai", "hermes"] = Field(
+        "hermes",
+        description="'openai': the engine parses tool calls (vLLM --tool-call-parser). "
+        "'hermes': the engine returns <tool_call> text (Qwen's template) that we parse.",
+    )
+    guided_json: bool = Field(
+        False, description="Send JSON-schema guidance for tool arguments (vLLM guided decoding)."
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout towards the engine.")
+    launch: LlamaCppLaunch = LlamaCppLaunch()
+
+
+class NluConfig(BaseModel):
+    """Prompting and limits of the NLU service."""
+
+    engine: EngineConfig = EngineConfig()
+    system_prompt: str = Field(
+        "You are a helpful, concise customer-care voice assistant for a bank and telecom in the UAE. "
+        "Answer in the caller's language (Arabic or English) in one or two short spoken sentences. "
+        "Use the provided context passages when they are relevant. If you do not know, say so and "
+        "offer to transfer the caller to a human agent.",
+        description="Default system prompt when the request carries none.",
+    )
+    max_tokens: int = Field(160, ge=1, le=4096, description="Default generation cap.")
+    temperature: float = Field(0.3, ge=0, le=2, description="Default sampling temperature.")
+    timeout_ms: int = Field(30000, ge=100, description="Default wall-clock limit of a generation.")
+    max_messages: int = Field(200, ge=1, description="Most messages in one request.")
+    max_message_chars: int = Field(16000, ge=1, description="Longest single message.")
+    max_context_passages: int = Field(8, ge=0, description="Most retrieved passages put in the prompt.")
+    max_tools: int = Field(32, ge=0, description="Most tools in one request.")

@@ -1,0 +1,279 @@
+"""The scaffold every gRPC model server shares.
+
+A service implements ``ModelService``: it registers its servicer, loads its model (off the event
+loop) and closes. ``run_server`` adds what every server has: the standard health service (NOT_SERVING
+until the model is loaded), server reflection, a Prometheus side port, trace export, a stream cap
+and graceful shutdown on SIGTERM/SIGINT.
+
+RPC methods are wrapped with ``rpc(...)``, which owns the span (parented by the caller's trace
+context from metadata), the request and active-stream metrics, and the mapping of ``ServiceError``
+to a precise gRPC status with a log line and a ``voiceai_bad_input_total`` count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from voiceai import telemetry
+from voiceai.config import ServerConfig, TelemetryConfig
+
+log = logging.getLogger(__name__)
+
+# Large enough for a whole utterance of audio in one message, small enough to refuse abuse.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class ServiceError(Exception):
+    """An error with a gRPC status; ``reason`` is a short metric label (e.g. ``bad_sample_rate``)."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ModelService(Protocol):
+    """What a model server provides to ``run_server``."""
+
+    name: str  # short name: "vad", "asr", "nlu", "tts"
+    service_names: tuple[str, ...]  # full gRPC service names, for health and reflection
+
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+    async def load(self) -> None:
+        """Loads models; runs after the port is open, while health says NOT_SERVING."""
+
+    async def close(self) -> None: ...
+
+
+def rpc(service: str, method: str) -> Callable:
+    """Decorates a servicer method (coroutine or async generator) with spans, metrics and errors."""
+    tracer = trace.get_tracer(f"voiceai.{service}")
+
+    def decorate(fn: Callable) -> Callable:
+        span_name = f"{service}.{method}"
+
+        async def _fail(context: grpc.aio.ServicerContext, err: ServiceError) -> None:
+            telemetry.BAD_INPUT.labels(service, err.reason).inc()
+            log.warning("request refused", extra={"service": service, "method": method,
+                                                   "reason": err.reason, "detail": err.message})
+            await context.abort(err.code, err.message)
+
+        def _start(context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+            parent = telemetry.extract_context(context.invocation_metadata())
+            token = otel_context.attach(parent)
+            span = tracer.start_span(span_name)
+            return token, span
+
+        def _finish(token: Any, span: Any, code: grpc.StatusCode, started: float) -> None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            span.set_attribute("voiceai.duration_ms", round((time.perf_counter() - started) * 1000, 1))
+            span.end()
+            otel_context.detach(token)
+            telemetry.GRPC_REQUESTS.labels(service, method, code.name).inc()
+
+        if inspect.isasyncgenfunction(fn):
+
+            @functools.wraps(fn)
+            async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
+                token, span = _start(context)
+                started = time.perf_counter()
+                code = grpc.StatusCode.OK
+                telemetry.ACTIVE_STREAMS.labels(service).inc()
+                try:
+                    with trace.use_span(span, end_on_exit=False):
+                        async for item in fn(self, request, context):
+                            yield item
+                except ServiceError as err:
+                    code = err.code
+                    await _fail(context, err)
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    log.info("client went away", extra={"service": service, "method": method})
+                    raise
+                except grpc.aio.AbortError:
+                    code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                    raise
+                except Exception:
+                    code = grpc.StatusCode.INTERNAL
+                    log.exception("request failed", extra={"service": service, "method": method})
+                    await context.abort(grpc.StatusCode.INTERNAL, f"{span_name} failed; see server log")
+                finally:
+                    telemetry.ACTIVE_STREAMS.labels(service).dec()
+                    _finish(token, span, code, started)
+
+            return stream_wrapper
+
+        @functools.wraps(fn)
+        async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token, span = _start(context)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    return await fn(self, request, context)
+            except ServiceError as err:
+                code = err.code
+                await _fail(context, err)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("request failed", extra={"service": service, "method": method})
+                await context.abort(grpc.StatusCode.INTERNAL, f"{span_name} failed; see server log")
+            finally:
+                _finish(token, span, code, started)
+
+        return unary_wrapper
+
+    return decorate
+
+
+@dataclass
+class RunningServer:
+    """A started server, for tests and `voiceai up` that run servers inside one process."""
+
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int
+    health: health.aio.HealthServicer  # type: ignore[name-defined]
+    service: ModelService
+    _metrics_httpd: Any = None
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        for name in ("", *self.service.service_names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+        await self.service.close()
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+
+
+async def start_server(service: ModelService, cfg: ServerConfig) -> RunningServer:
+    """Opens the gRPC and metrics ports, then loads the model; health turns SERVING when it is ready."""
+    from prometheus_client import start_http_server
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=cfg.max_concurrent_streams,
+    )
+    service.add_to_server(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *service.service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (*service.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
+    await server.start()
+    httpd, _thread = start_http_server(cfg.metrics_port, addr=cfg.host)
+    metrics_port = httpd.server_port
+    log.info("listening", extra={"service": service.name, "port": port, "metrics_port": metrics_port})
+    running = RunningServer(server, port, metrics_port, health_servicer, service, httpd)
+    started = time.perf_counter()
+    await service.load()
+    log.info("model loaded", extra={"service": service.name,
+                                    "load_s": round(time.perf_counter() - started, 2)})
+    for name in ("", *service.service_names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return running
+
+
+async def run_server(service: ModelService, cfg: ServerConfig, tel: TelemetryConfig) -> None:
+    """Runs one model server until SIGTERM or SIGINT, then drains for ``cfg.grace_s``."""
+    telemetry.setup_tracing(f"voiceai-{service.name}", tel.otlp_endpoint)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    running = await start_server(service, cfg)
+    # A line for people and scripts that started us with port 0.
+    print(f"voiceai {service.name} serving on {cfg.host}:{running.port} "
+          f"(metrics on {cfg.host}:{running.metrics_port})", flush=True)
+    await stop.wait()
+    log.info("shutting down", extra={"service": service.name})
+    await running.stop(cfg.grace_s)
+
+
+async def wait_for_serving(address: str, timeout_s: float = 60.0, service: str = "") -> None:
+    """Polls the health service of a server until it reports SERVING."""
+    deadline = time.monotonic() + timeout_s
+    last_error = "no answer"
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last_error = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+            except grpc.aio.AioRpcError as err:
+                last_error = err.code().name
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{address} not SERVING after {timeout_s:.0f}s (last: {last_error})")
+
+
+_ERRORS_BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
+    cls.code: cls for cls in (InvalidArgument, ResourceExhausted, Unavailable, DeadlineExceeded, NotFound)
+}
+
+
+def error_from_rpc(err: grpc.aio.AioRpcError) -> ServiceError:
+    """Maps a gRPC failure back to the ServiceError an in-process backend would have raised.
+
+    gRPC clients use it so that callers handle both client implementations the same way.
+    """
+    cls = _ERRORS_BY_CODE.get(err.code())
+    if cls is None:
+        generic = ServiceError(err.code().name.lower(), err.details() or err.code().name)
+        generic.code = err.code()
+        return generic
+    return cls(err.code().name.lower(), err.details() or "")

@@ -49,6 +49,12 @@ class AsrConfig(BaseModel):
         description="Start decoding the utterance at the first silent window, so the final is ready "
         "soon after the endpoint; the result is discarded if speech resumes.",
     )
+    encoder_window: Literal["fit", "full"] = Field(
+        "fit", description="'fit': pad each utterance to its own length plus a margin (fast); "
+        "'full': Whisper's standard 30 s window."
+    )
+    encoder_margin_s: int = Field(2, ge=1, le=10, description="Silence padded after the speech (fit).")
+    encoder_min_window_s: int = Field(5, ge=2, le=30, description="Smallest encoder window (fit).")
     max_utterance_s: float = Field(28.0, ge=1, le=30, description="Longer speech is cut into utterances.")
     max_stream_s: int = Field(4 * 3600, ge=1, description="A stream is closed past this duration.")
     min_utterance_ms: int = Field(200, ge=0, description="Shorter speech is not decoded.")

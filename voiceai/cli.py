@@ -133,8 +133,8 @@ def cmd_asr(args: argparse.Namespace) -> int:
 
 
 def cmd_tts(args: argparse.Namespace) -> int:
-    from tts.client import make_tts_client
     from tts.api import SynthesisRequest
+    from tts.client import make_tts_client
     from voiceai.audio import write_wav
 
     settings = _settings(args)

@@ -14,7 +14,7 @@ from voiceai import telemetry
 from voiceai.asr.v1 import asr_pb2, asr_pb2_grpc
 from voiceai.audio import check_format
 from voiceai.config import Settings
-from voiceai.serving import InvalidArgument, rpc
+from voiceai.serving import InvalidArgument, add_servicer, rpc
 
 _BOUNDARY = {"speech_start": asr_pb2.SpeechEvent.TYPE_SPEECH_START,
              "speech_end": asr_pb2.SpeechEvent.TYPE_SPEECH_END}
@@ -92,7 +92,7 @@ class AsrService:
         self.engine = engine or AsrEngine(settings)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        asr_pb2_grpc.add_AsrServicer_to_server(AsrServicer(self.engine), server)
+        add_servicer(server, AsrServicer(self.engine), asr_pb2.DESCRIPTOR.services_by_name["Asr"])
 
     async def load(self) -> None:
         started = time.perf_counter()

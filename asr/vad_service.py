@@ -16,7 +16,7 @@ from asr.vad import SegmenterOptions, SileroVadModel, SpeechSegmenter
 from voiceai import models, telemetry
 from voiceai.audio import Pcm16Assembler, check_format
 from voiceai.config import Settings
-from voiceai.serving import InvalidArgument, ResourceExhausted, rpc
+from voiceai.serving import InvalidArgument, ResourceExhausted, add_servicer, rpc
 from voiceai.vad.v1 import vad_pb2, vad_pb2_grpc
 
 _EVENT_TYPES = {"speech_start": vad_pb2.EVENT_TYPE_SPEECH_START, "speech_end": vad_pb2.EVENT_TYPE_SPEECH_END,
@@ -90,7 +90,7 @@ class VadService:
         self.engine = VadEngine(settings)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        vad_pb2_grpc.add_VadServicer_to_server(VadServicer(self.engine), server)
+        add_servicer(server, VadServicer(self.engine), vad_pb2.DESCRIPTOR.services_by_name["Vad"])
 
     async def load(self) -> None:
         started = time.perf_counter()

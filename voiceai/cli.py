@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         from voiceai.models import ModelMissingError
         from voiceai.serving import ServiceError
 
-        if isinstance(err, ServiceError | ModelMissingError | ValueError | FileNotFoundError):
+        if isinstance(err, ServiceError | ModelMissingError | ValueError | FileNotFoundError | ImportError):
             print(f"voiceai: error: {err}", file=sys.stderr)
             return 2
         raise

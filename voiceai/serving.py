@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from voiceai import telemetry
 from voiceai.config import ServerConfig, TelemetryConfig
+from voiceai.grpc_wire import Undecodable, lenient_deserializer
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,45 @@ class ModelService(Protocol):
     async def close(self) -> None: ...
 
 
+def _checked(request: Any) -> Any:
+    """Refuses an undecodable request; wraps a request stream so that each message is checked."""
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(request.reason, request.message)
+    if hasattr(request, "__aiter__"):
+        return _checked_stream(request)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator) -> AsyncIterator:
+    async for item in requests:
+        if isinstance(item, Undecodable):
+            raise InvalidArgument(item.reason, item.message)
+        yield item
+
+
+def add_servicer(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+    """Registers a servicer's methods (wrapped with ``rpc``) with lenient request decoding.
+
+    Used instead of the generated ``add_XServicer_to_server`` so that a request protobuf refuses
+    to parse (invalid UTF-8 in a string field) gets INVALID_ARGUMENT naming the field, not INTERNAL.
+    """
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for m in service.methods:
+        factory = factories[(m.client_streaming, m.server_streaming)]
+        handlers[m.name] = factory(
+            getattr(servicer, m.name),
+            request_deserializer=lenient_deserializer(GetMessageClass(m.input_type)),
+            response_serializer=GetMessageClass(m.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 def rpc(service: str, method: str) -> Callable:
     """Decorates a servicer method (coroutine or async generator) with spans, metrics and errors."""
     tracer = trace.get_tracer(f"voiceai.{service}")
@@ -96,35 +137,38 @@ def rpc(service: str, method: str) -> Callable:
                                                    "reason": err.reason, "detail": err.message})
             await context.abort(err.code, err.message)
 
-        def _start(context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+        def _start(context: grpc.aio.ServicerContext) -> Any:
+            # Parented by the caller's trace context. The span is not made "current" across a
+            # stream's yields: each resumption of an async generator may run in another context,
+            # and attaching there breaks OpenTelemetry's context tokens.
             parent = telemetry.extract_context(context.invocation_metadata())
-            token = otel_context.attach(parent)
-            span = tracer.start_span(span_name)
-            return token, span
+            return tracer.start_span(span_name, context=parent)
 
-        def _finish(token: Any, span: Any, code: grpc.StatusCode, started: float) -> None:
+        def _finish(span: Any, code: grpc.StatusCode, started: float) -> None:
             span.set_attribute("rpc.grpc.status_code", code.value[0])
             span.set_attribute("voiceai.duration_ms", round((time.perf_counter() - started) * 1000, 1))
             span.end()
-            otel_context.detach(token)
             telemetry.GRPC_REQUESTS.labels(service, method, code.name).inc()
 
         if inspect.isasyncgenfunction(fn):
 
             @functools.wraps(fn)
             async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
-                token, span = _start(context)
+                span = _start(context)
                 started = time.perf_counter()
                 code = grpc.StatusCode.OK
                 telemetry.ACTIVE_STREAMS.labels(service).inc()
                 try:
-                    with trace.use_span(span, end_on_exit=False):
-                        async for item in fn(self, request, context):
+                    # aclosing: when the client goes away, the servicer's own cleanup runs now.
+                    async with contextlib.aclosing(fn(self, _checked(request), context)) as items:
+                        async for item in items:
                             yield item
                 except ServiceError as err:
                     code = err.code
                     await _fail(context, err)
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, GeneratorExit):
+                    # grpc.aio closes the generator (GeneratorExit) or cancels the task when the
+                    # client disconnects or cancels.
                     code = grpc.StatusCode.CANCELLED
                     log.info("client went away", extra={"service": service, "method": method})
                     raise
@@ -137,18 +181,18 @@ def rpc(service: str, method: str) -> Callable:
                     await context.abort(grpc.StatusCode.INTERNAL, f"{span_name} failed; see server log")
                 finally:
                     telemetry.ACTIVE_STREAMS.labels(service).dec()
-                    _finish(token, span, code, started)
+                    _finish(span, code, started)
 
             return stream_wrapper
 
         @functools.wraps(fn)
         async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token, span = _start(context)
+            span = _start(context)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 with trace.use_span(span, end_on_exit=False):
-                    return await fn(self, request, context)
+                    return await fn(self, _checked(request), context)
             except ServiceError as err:
                 code = err.code
                 await _fail(context, err)
@@ -160,7 +204,7 @@ def rpc(service: str, method: str) -> Callable:
                 log.exception("request failed", extra={"service": service, "method": method})
                 await context.abort(grpc.StatusCode.INTERNAL, f"{span_name} failed; see server log")
             finally:
-                _finish(token, span, code, started)
+                _finish(span, code, started)
 
         return unary_wrapper
 
@@ -218,7 +262,11 @@ async def start_server(service: ModelService, cfg: ServerConfig) -> RunningServe
     log.info("listening", extra={"service": service.name, "port": port, "metrics_port": metrics_port})
     running = RunningServer(server, port, metrics_port, health_servicer, service, httpd)
     started = time.perf_counter()
-    await service.load()
+    try:
+        await service.load()
+    except BaseException:
+        await running.stop(0)
+        raise
     log.info("model loaded", extra={"service": service.name,
                                     "load_s": round(time.perf_counter() - started, 2)})
     for name in ("", *service.service_names):

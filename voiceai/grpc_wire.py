@@ -1,0 +1,88 @@
+"""Request decoding for gRPC servers that answers bad bytes with INVALID_ARGUMENT.
+
+proto3 refuses a string field holding invalid UTF-8 while parsing, before any servicer code runs,
+and grpc-python then answers INTERNAL "Exception deserializing request". ``lenient_deserializer``
+returns an ``Undecodable`` marker instead, naming the broken field, and ``voiceai.serving.rpc``
+turns the marker into INVALID_ARGUMENT with that message, a log line and a metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands in for a request protobuf refused to parse; the servicer turns it into an error."""
+
+    reason: str
+    message: str
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def invalid_utf8_field(data: bytes, descriptor: Descriptor) -> str | None:
+    """Name of the first top-level string field whose bytes are not UTF-8, if any.
+
+    Walks the wire format (tag, then varint / fixed / length-delimited value) just far enough to
+    tell which field broke parsing, so that the error can say so.
+    """
+    strings = {f.number: f.name for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING}
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _read_varint(data, pos)
+            number, wire_type = key >> 3, key & 7
+            if wire_type == 0:
+                _, pos = _read_varint(data, pos)
+            elif wire_type == 1:
+                pos += 8
+            elif wire_type == 5:
+                pos += 4
+            elif wire_type == 2:
+                size, pos = _read_varint(data, pos)
+                if pos + size > len(data):
+                    return None  # truncated: broken for another reason
+                value, pos = data[pos:pos + size], pos + size
+                if number in strings:
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        return strings[number]
+            else:
+                return None  # groups are not used by our contracts
+    except ValueError:
+        return None
+    return None
+
+
+def lenient_deserializer(message_cls: Any) -> Any:
+    """A request deserializer that returns ``Undecodable`` instead of raising."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_cls.FromString(data)
+        except DecodeError:
+            field = invalid_utf8_field(data, message_cls.DESCRIPTOR)
+            if field:
+                return Undecodable("invalid_utf8", f"field '{field}' is not valid UTF-8; "
+                                                   "send text encoded as UTF-8")
+            return Undecodable("undecodable_request",
+                               f"the request is not a valid {message_cls.DESCRIPTOR.full_name}")
+
+    return deserialize

@@ -16,6 +16,20 @@ class LlamaCppLaunch(BaseModel):
     n_ctx: int = Field(4096, ge=512, description="Context window in tokens.")
     n_threads: int = Field(2, ge=1, description="CPU threads for generation.")
     startup_timeout_s: float = Field(120.0, gt=0, description="Wait this long for the engine to answer.")
+    chat_format: str = Field(
+        "",
+        description="llama.cpp chat format; empty uses the Jinja chat template inside the GGUF "
+        "(Qwen2.5's renders `tools` and the <tool_call> instructions).",
+    )
+    prompt_cache: bool = Field(
+        True,
+        description="Keep the KV state of recent prompts in RAM (llama.cpp --cache), so that calls "
+        "taking turns on one engine do not re-read each other's conversation.",
+    )
+    prompt_cache_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="RAM for that prompt cache, in bytes."
+    )
+    log_dir: str = Field("", description="Folder for the engine's log file; empty: the system temp folder.")
 
 
 class EngineConfig(BaseModel):
@@ -34,6 +48,13 @@ class EngineConfig(BaseModel):
         False, description="Send JSON-schema guidance for tool arguments (vLLM guided decoding)."
     )
     request_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout towards the engine.")
+    ready_timeout_s: float = Field(
+        600.0, gt=0, description="At load, wait this long for an external engine (vLLM loading weights) "
+        "to answer /v1/models; health stays NOT_SERVING meanwhile."
+    )
+    max_retries: int = Field(
+        1, ge=0, le=5, description="Retries of a request the engine refused before its first token."
+    )
     launch: LlamaCppLaunch = LlamaCppLaunch()
 
 
@@ -55,3 +76,12 @@ class NluConfig(BaseModel):
     max_message_chars: int = Field(16000, ge=1, description="Longest single message.")
     max_context_passages: int = Field(8, ge=0, description="Most retrieved passages put in the prompt.")
     max_tools: int = Field(32, ge=0, description="Most tools in one request.")
+    max_passage_chars: int = Field(
+        700, ge=50, description="Longer passages are cut to this many characters (each ~100 tokens "
+        "of context costs ~2 s of prompt processing on a 2-core CPU)."
+    )
+    max_prompt_chars: int = Field(
+        8000, ge=500, description="Conversation characters kept in the prompt; the oldest turns "
+        "are dropped first so the prompt fits the engine's context window."
+    )
+    warmup: bool = Field(True, description="Send one tiny request at load, caching the system prompt.")

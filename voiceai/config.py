@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from asr.config import AsrConfig, VadConfig
+from media_bridge.config import CallConfig
 from nlu.config import NluConfig
 from tts.config import TtsConfig
 
@@ -79,6 +80,7 @@ class Settings(BaseModel):
     asr: AsrConfig = AsrConfig()
     nlu: NluConfig = NluConfig()
     tts: TtsConfig = TtsConfig()
+    call: CallConfig = CallConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""The FastAPI gateway: routes stay thin; the handlers are built once at startup (lifespan)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, HTTPException, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.calls_ws import serve_call
+from gateway.store import CallStore
+from media_bridge.clients import BridgeClients, make_bridge_clients
+from voiceai.config import SERVICES, Settings
+
+STATIC = Path(__file__).with_name("static")
+ClientsFactory = Callable[[Settings], Awaitable[BridgeClients]]
+
+
+async def _service_health(address: str) -> str:
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            resp = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.5)
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    except grpc.aio.AioRpcError as err:
+        return err.code().name
+
+
+def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge_clients) -> FastAPI:
+    """Builds the app; model clients are created in the lifespan and shared by every call."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.clients = await clients_factory(settings)
+        app.state.store = CallStore()
+        try:
+            yield
+        finally:
+            await app.state.clients.aclose()
+
+    app = FastAPI(title="voiceai gateway", version="0.1.0", lifespan=lifespan)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Ready only when every configured model server reports SERVING."""
+        remote = {s: settings.servers.for_service(s).address for s in SERVICES}
+        checks = {s: (await _service_health(a) if a else "IN_PROCESS") for s, a in remote.items()}
+        ready = all(v in ("SERVING", "IN_PROCESS") for v in checks.values())
+        return JSONResponse({"status": "ok" if ready else "unavailable", "services": checks},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/calls")
+    async def list_calls(limit: int = 50) -> dict[str, Any]:
+        if not 1 <= limit <= 500:
+            raise HTTPException(422, "limit must be between 1 and 500")
+        return {"calls": [c.summary() for c in app.state.store.list(limit)]}
+
+    @app.get("/v1/calls/{call_id}")
+    async def get_call(call_id: str) -> dict[str, Any]:
+        record = app.state.store.get(call_id)
+        if record is None:
+            raise HTTPException(404, "no such call")
+        return record.detail()
+
+    @app.websocket("/v1/calls/ws")
+    async def call_ws(ws: WebSocket) -> None:
+        await serve_call(ws, settings, app.state.clients, app.state.store)
+
+    return app

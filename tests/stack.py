@@ -1,0 +1,84 @@
+"""The whole stack for end-to-end tests: model servers as subprocesses, the gateway in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from voiceai.config import Settings, load_settings
+from voiceai.supervisor import ServerProcess, free_port, spawn_server, wait_ready
+
+
+class Stack:
+    """ASR, NLU and TTS servers on loopback plus the gateway, as `voiceai up` runs them."""
+
+    def __init__(self, log_dir: Path, overrides: dict | None = None,
+                 services: tuple[str, ...] = ("asr", "nlu", "tts")) -> None:
+        self.log_dir = log_dir
+        self.services = services
+        self.settings: Settings = load_settings(profile="cpu", env={}, overrides=overrides or {})
+        self.servers: dict[str, ServerProcess] = {}
+        self.port = free_port()
+        self._uvicorn = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Stack:
+        for name in self.services:
+            self.servers[name] = spawn_server(name, self.log_dir)
+
+        async def ready() -> None:
+            await asyncio.gather(*(wait_ready(s) for s in self.servers.values()))
+
+        asyncio.run(ready())
+        for name, server in self.servers.items():
+            self.settings.servers.for_service(name).address = server.address
+        self._start_gateway()
+        return self
+
+    def _start_gateway(self) -> None:
+        import uvicorn
+
+        from gateway.app import create_app
+
+        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port, log_level="warning",
+                                ws="websockets-sansio", lifespan="on")
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uvicorn.run, name="gateway", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self._uvicorn.started:
+                return
+            if not self._thread.is_alive():
+                break
+            time.sleep(0.05)
+        raise RuntimeError("gateway did not start")
+
+    def kill(self, service: str) -> None:
+        self.servers[service].kill()
+
+    def restart(self, service: str) -> None:
+        old = self.servers[service]
+        old.kill()
+        new = spawn_server(service, self.log_dir, port=old.port)
+        self.servers[service] = new
+        asyncio.run(wait_ready(new))
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10)
+
+    def stop(self) -> None:
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(15)
+        for server in self.servers.values():
+            server.stop()

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI, HTTPException, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
             await app.state.clients.aclose()
 
     app = FastAPI(title="voiceai gateway", version="0.1.0", lifespan=lifespan)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

@@ -121,11 +121,12 @@ async def simulate_call(url: str, turns: list[CallerTurn], language: str = "en",
             first_audio = next((t for t, _ in listener.audio if t > speech_end_at), None)
             next_turn_barges = barge_in_at_ms is not None and i + 1 < len(turns)
             if next_turn_barges and first_audio is not None:
-                await send_silence_until(lambda: time.monotonic() - first_audio >= barge_in_at_ms / 1000, 30)
+                barge_at = first_audio + (barge_in_at_ms or 0) / 1000
+                await send_silence_until(lambda at=barge_at: time.monotonic() >= at, 30)
                 # The next turn's audio starts now, while the bot speaks; its turn event arrives
                 # once the cut reply is recorded.
             else:
-                await send_silence_until(lambda: listener.turn_count() > n_events
+                await send_silence_until(lambda n=n_events: listener.turn_count() > n
                                          and _bot_quiet(listener, QUIET_AFTER_REPLY_MS), REPLY_TIMEOUT_S)
             event = await _next_turn_event(listener, n_events, timeout_s=0 if next_turn_barges else 5)
             results.append(_turn_result(turn, event, speech_end_at, first_audio, turn_started))
@@ -143,10 +144,14 @@ async def simulate_call(url: str, turns: list[CallerTurn], language: str = "en",
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_wav(out_dir / "bot.wav", bytes(listener.audio_bytes), rate_hz)
+        await asyncio.to_thread(_save_audio, out_dir, bytes(listener.audio_bytes), rate_hz)
     return {"call_id": call_id, "turns": results, "max_audio_gap_ms": round(listener.max_gap_ms, 1),
             "events": [e for _, e in listener.events]}
+
+
+def _save_audio(out_dir: Path, pcm: bytes, rate_hz: int) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_wav(out_dir / "bot.wav", pcm, rate_hz)
 
 
 def _bot_quiet(listener: _Listener, quiet_ms: float) -> bool:

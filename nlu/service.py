@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from nlu.generator import Generator
-from nlu.wire import UndecodableRequest, decode_request, event_to_proto, params_from_proto
+from nlu.wire import event_to_proto, params_from_proto
 from voiceai import telemetry
 from voiceai.config import Settings
 from voiceai.nlu.v1 import nlu_pb2
-from voiceai.serving import InvalidArgument, ModelService, rpc
+from voiceai.serving import ModelService, add_servicer, rpc
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,9 @@ class NluServicer:
 
     @rpc("nlu", "Generate")
     async def Generate(
-        self, request: nlu_pb2.GenerateRequest | UndecodableRequest, context: grpc.aio.ServicerContext
+        self, request: nlu_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[nlu_pb2.GenerateResponse]:
         """Streams deltas, tool calls and one final message; cancelling the call stops the engine."""
-        if isinstance(request, UndecodableRequest):
-            raise InvalidArgument(request.reason, request.detail)
         params = params_from_proto(request)
         events = self.generator.generate(params)
         try:
@@ -58,16 +56,13 @@ class NluService:
         self.generator = Generator(settings)
         self.servicer = NluServicer(self.generator)
 
+    def healthy(self) -> bool:
+        """False once a launched engine process has exited (health turns NOT_SERVING)."""
+        engine = self.generator.engine
+        return engine is None or engine.running
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        # Registered by hand (not add_NluServicer_to_server) for our own request deserializer.
-        handlers = {
-            "Generate": grpc.unary_stream_rpc_method_handler(
-                self.servicer.Generate,
-                request_deserializer=decode_request,
-                response_serializer=nlu_pb2.GenerateResponse.SerializeToString,
-            ),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        add_servicer(server, self.servicer, nlu_pb2.DESCRIPTOR.services_by_name["Nlu"])
 
     async def load(self) -> None:
         """Launches (or reaches) the engine and warms it; health stays NOT_SERVING until then."""

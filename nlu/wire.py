@@ -9,11 +9,7 @@ would answer that with INTERNAL "Exception deserializing request"; ``decode_requ
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, cast
-
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import DecodeError
 
 from nlu.api import (
     ChatMessage,
@@ -43,79 +39,6 @@ CHOICE_FROM_PROTO = {
 }
 CHOICE_TO_PROTO = {"auto": nlu_pb2.TOOL_CHOICE_AUTO, "none": nlu_pb2.TOOL_CHOICE_NONE,
                    "required": nlu_pb2.TOOL_CHOICE_REQUIRED}
-
-
-# ---- request decoding ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UndecodableRequest:
-    """Stands in for a request whose bytes did not parse; ``reason`` and ``detail`` say why."""
-
-    reason: str
-    detail: str
-
-
-def decode_request(data: bytes) -> nlu_pb2.GenerateRequest | UndecodableRequest:
-    """``GenerateRequest.FromString`` that reports bad input instead of raising."""
-    try:
-        return nlu_pb2.GenerateRequest.FromString(data)
-    except DecodeError:
-        path = find_invalid_utf8(data, nlu_pb2.GenerateRequest.DESCRIPTOR)
-        if path:
-            return UndecodableRequest("invalid_utf8", f"{path} is not valid UTF-8; protobuf strings must be UTF-8")
-        return UndecodableRequest("undecodable_request", "the request is not a valid GenerateRequest message")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def find_invalid_utf8(data: bytes, descriptor: Descriptor, prefix: str = "") -> str | None:
-    """Walks the wire format and returns the path (``messages[2].content``) of a non-UTF-8 string."""
-    counts: dict[int, int] = {}
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = _varint(data, pos)
-            number, wire_type = key >> 3, key & 7
-            if wire_type == 0:
-                _, pos = _varint(data, pos)
-            elif wire_type == 1:
-                pos += 8
-            elif wire_type == 5:
-                pos += 4
-            elif wire_type == 2:
-                length, pos = _varint(data, pos)
-                chunk, pos = data[pos:pos + length], pos + length
-                fd = descriptor.fields_by_number.get(number)
-                if fd is None:
-                    continue
-                index = counts.get(number, 0)
-                counts[number] = index + 1
-                repeated = fd.is_repeated
-                name = f"{prefix}{fd.name}[{index}]" if repeated else f"{prefix}{fd.name}"
-                if fd.type == FieldDescriptor.TYPE_STRING:
-                    try:
-                        chunk.decode("utf-8")
-                    except UnicodeDecodeError:
-                        return name
-                elif fd.type == FieldDescriptor.TYPE_MESSAGE:
-                    found = find_invalid_utf8(chunk, fd.message_type, name + ".")
-                    if found:
-                        return found
-            else:
-                return None  # groups or garbage: not a UTF-8 problem we can name
-    except IndexError:
-        return None
-    return None
 
 
 # ---- server side: request -> params, events -> responses ----------------------------------------

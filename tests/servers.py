@@ -16,7 +16,11 @@ def start_server(service: str, tmp_path: Path, env: dict[str, str] | None = None
                  args: tuple[str, ...] = (), timeout_s: float = 180.0) -> ServerProcess:
     """Starts a server and waits until its health service says SERVING."""
     server = spawn_server(service, tmp_path, env=env, args=args)
-    asyncio.run(wait_ready(server, timeout_s))
+    try:
+        asyncio.run(wait_ready(server, timeout_s))
+    except BaseException:
+        server.kill()  # never leave a server behind, whatever went wrong
+        raise
     return server
 
 

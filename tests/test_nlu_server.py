@@ -150,7 +150,8 @@ async def test_invalid_utf8_is_invalid_argument(server: ServerProcess) -> None:
             async for _ in call(raw):
                 pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "messages[0].content is not valid UTF-8" in (err.value.details() or "")
+    assert "field 'messages[0].content' is not valid UTF-8" in (err.value.details() or "")
+    assert dict(err.value.trailing_metadata() or ())["voiceai-reason"] == "invalid_utf8"
 
 
 async def test_timeout_is_deadline_exceeded(server: ServerProcess) -> None:
@@ -198,6 +199,13 @@ def test_engine_crash_is_unavailable(tmp_path: Path) -> None:
         # "exited" once the server has reaped the engine; "cannot reach" while its threads still exit.
         with pytest.raises(Unavailable, match=r"engine has exited|cannot reach the LLM engine"):
             asyncio.run(generate(srv.address, QUESTION))
+        # Health follows the engine: a load balancer stops sending calls here.
+        assert wait_for(lambda: _health(srv.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 5)
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
 
 
 def test_killed_server_takes_its_engine_along(tmp_path: Path) -> None:

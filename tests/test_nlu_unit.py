@@ -39,8 +39,6 @@ from nlu.prompting import INTERRUPTED_MARK, build_messages
 from nlu.tools import HermesTextParser, ToolCallAccumulator, call_from_hermes_block, check_tools, validate_call
 from nlu.validation import validate_params
 from nlu.wire import (
-    UndecodableRequest,
-    decode_request,
     event_from_proto,
     event_to_proto,
     params_from_proto,
@@ -48,6 +46,7 @@ from nlu.wire import (
 )
 from tests.servers import free_port
 from voiceai.config import load_settings
+from voiceai.grpc_wire import Undecodable, lenient_deserializer
 from voiceai.nlu.v1 import nlu_pb2
 from voiceai.serving import DeadlineExceeded, InvalidArgument, Unavailable
 
@@ -300,11 +299,13 @@ def test_proto_round_trip() -> None:
 
 
 def test_decode_request_names_the_field_with_invalid_utf8() -> None:
+    decode_request = lenient_deserializer(nlu_pb2.GenerateRequest)
     good = params_to_proto(GenerateParams(messages=(USER, ChatMessage("user", "hello")))).SerializeToString()
     assert isinstance(decode_request(good), nlu_pb2.GenerateRequest)
     bad = decode_request(good.replace(b"hello", b"h\xffllo"))
-    assert bad == UndecodableRequest("invalid_utf8", bad.detail) and bad.detail.startswith("messages[1].content")
-    assert isinstance(decode_request(b"\x0a\xff\xff\xff"), UndecodableRequest)
+    assert isinstance(bad, Undecodable) and bad.reason == "invalid_utf8"
+    assert "'messages[1].content'" in bad.message
+    assert isinstance(decode_request(b"\x0a\xff\xff\xff"), Undecodable)
 
 
 def test_unknown_proto_role_is_refused() -> None:

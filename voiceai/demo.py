@@ -55,7 +55,7 @@ async def _chat(address: str, text: str) -> tuple[str, int]:
 async def run_demo(settings: Settings, out_dir: Path) -> None:
     from asr.transcribe import transcribe_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     servers: dict[str, ServerProcess] = {}
     with tempfile.TemporaryDirectory() as logs:
         try:

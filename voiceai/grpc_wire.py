@@ -2,12 +2,14 @@
 
 proto3 refuses a string field holding invalid UTF-8 while parsing, before any servicer code runs,
 and grpc-python then answers INTERNAL "Exception deserializing request". ``lenient_deserializer``
-returns an ``Undecodable`` marker instead, naming the broken field, and ``voiceai.serving.rpc``
-turns the marker into INVALID_ARGUMENT with that message, a log line and a metric.
+returns an ``Undecodable`` marker instead, naming the broken field by its path
+(``messages[2].content``), and ``voiceai.serving.rpc`` turns the marker into INVALID_ARGUMENT with
+that message, a log line and a metric.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +38,13 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def invalid_utf8_field(data: bytes, descriptor: Descriptor) -> str | None:
-    """Name of the first top-level string field whose bytes are not UTF-8, if any.
+def invalid_utf8_field(data: bytes, descriptor: Descriptor, prefix: str = "") -> str | None:
+    """Path of the first string field (nested messages included) whose bytes are not UTF-8.
 
     Walks the wire format (tag, then varint / fixed / length-delimited value) just far enough to
     tell which field broke parsing, so that the error can say so.
     """
-    strings = {f.number: f.name for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING}
+    counts: dict[int, int] = {}
     pos = 0
     try:
         while pos < len(data):
@@ -59,11 +61,21 @@ def invalid_utf8_field(data: bytes, descriptor: Descriptor) -> str | None:
                 if pos + size > len(data):
                     return None  # truncated: broken for another reason
                 value, pos = data[pos:pos + size], pos + size
-                if number in strings:
+                fd = descriptor.fields_by_number.get(number)
+                if fd is None:
+                    continue
+                index = counts.get(number, 0)
+                counts[number] = index + 1
+                name = f"{prefix}{fd.name}[{index}]" if fd.is_repeated else f"{prefix}{fd.name}"
+                if fd.type == FieldDescriptor.TYPE_STRING:
                     try:
                         value.decode("utf-8")
                     except UnicodeDecodeError:
-                        return strings[number]
+                        return name
+                elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+                    found = invalid_utf8_field(value, fd.message_type, name + ".")
+                    if found:
+                        return found
             else:
                 return None  # groups are not used by our contracts
     except ValueError:
@@ -71,7 +83,7 @@ def invalid_utf8_field(data: bytes, descriptor: Descriptor) -> str | None:
     return None
 
 
-def lenient_deserializer(message_cls: Any) -> Any:
+def lenient_deserializer(message_cls: Any) -> Callable[[bytes], Any]:
     """A request deserializer that returns ``Undecodable`` instead of raising."""
 
     def deserialize(data: bytes) -> Any:

@@ -36,6 +36,9 @@ from voiceai.grpc_wire import Undecodable, lenient_deserializer
 
 log = logging.getLogger(__name__)
 
+REASON_METADATA_KEY = "voiceai-reason"
+LIVENESS_INTERVAL_S = 1.0
+
 # Large enough for a whole utterance of audio in one message, small enough to refuse abuse.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -83,6 +86,9 @@ class ModelService(Protocol):
         """Loads models; runs after the port is open, while health says NOT_SERVING."""
 
     async def close(self) -> None: ...
+
+    # Optional: ``def healthy(self) -> bool`` -- checked every second after load; False turns the
+    # health service NOT_SERVING (e.g. the NLU server's engine process died).
 
 
 def _checked(request: Any) -> Any:
@@ -135,6 +141,8 @@ def rpc(service: str, method: str) -> Callable:
             telemetry.BAD_INPUT.labels(service, err.reason).inc()
             log.warning("request refused", extra={"service": service, "method": method,
                                                    "reason": err.reason, "detail": err.message})
+            # The reason label travels too, so gRPC clients raise the same error as in-process ones.
+            context.set_trailing_metadata(((REASON_METADATA_KEY, err.reason),))
             await context.abort(err.code, err.message)
 
         def _start(context: grpc.aio.ServicerContext) -> Any:
@@ -221,8 +229,11 @@ class RunningServer:
     health: health.aio.HealthServicer  # type: ignore[name-defined]
     service: ModelService
     _metrics_httpd: Any = None
+    _liveness: asyncio.Task | None = None
 
     async def stop(self, grace_s: float = 1.0) -> None:
+        if self._liveness is not None:
+            self._liveness.cancel()
         for name in ("", *self.service.service_names):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
@@ -271,7 +282,26 @@ async def start_server(service: ModelService, cfg: ServerConfig) -> RunningServe
                                     "load_s": round(time.perf_counter() - started, 2)})
     for name in ("", *service.service_names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if hasattr(service, "healthy"):
+        running._liveness = asyncio.get_running_loop().create_task(_watch_liveness(service, health_servicer))
     return running
+
+
+async def _watch_liveness(service: ModelService, health_servicer: Any) -> None:
+    """Mirrors ``service.healthy()`` into the health service (SERVING / NOT_SERVING)."""
+    serving = True
+    while True:
+        await asyncio.sleep(LIVENESS_INTERVAL_S)
+        try:
+            ok = bool(service.healthy())  # type: ignore[attr-defined]
+        except Exception:
+            ok = False
+        if ok != serving:
+            serving = ok
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            log.warning("health changed", extra={"service": service.name, "serving": ok})
+            for name in ("", *service.service_names):
+                await health_servicer.set(name, status)
 
 
 async def run_server(service: ModelService, cfg: ServerConfig, tel: TelemetryConfig) -> None:
@@ -282,7 +312,19 @@ async def run_server(service: ModelService, cfg: ServerConfig, tel: TelemetryCon
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    running = await start_server(service, cfg)
+    # The stop signal also interrupts a long model load (e.g. waiting for a vLLM that is not up).
+    starting = asyncio.get_running_loop().create_task(start_server(service, cfg))
+    stopper = asyncio.get_running_loop().create_task(stop.wait())
+    await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await service.close()
+        log.info("stopped while loading", extra={"service": service.name})
+        return
+    stopper.cancel()
+    running = starting.result()
     # A line for people and scripts that started us with port 0.
     print(f"voiceai {service.name} serving on {cfg.host}:{running.port} "
           f"(metrics on {cfg.host}:{running.metrics_port})", flush=True)
@@ -319,9 +361,13 @@ def error_from_rpc(err: grpc.aio.AioRpcError) -> ServiceError:
 
     gRPC clients use it so that callers handle both client implementations the same way.
     """
+    reason = err.code().name.lower()
+    for key, value in err.trailing_metadata() or ():
+        if key == REASON_METADATA_KEY and isinstance(value, str):
+            reason = value
     cls = _ERRORS_BY_CODE.get(err.code())
     if cls is None:
-        generic = ServiceError(err.code().name.lower(), err.details() or err.code().name)
+        generic = ServiceError(reason, err.details() or err.code().name)
         generic.code = err.code()
         return generic
-    return cls(err.code().name.lower(), err.details() or "")
+    return cls(reason, err.details() or "")

@@ -82,16 +82,16 @@ async def run_stack(settings: Settings, host: str = "127.0.0.1", port: int = 800
             print(f"voiceai: a model server failed to start: {err}", flush=True)
             await children.stop()
             return 1
-        for name, server in children.servers.items():
-            settings.servers.for_service(name).address = server.address
-            print(f"  {name:<4} gRPC {server.address}  metrics http://{server.host}:{server.metrics_port}/metrics",
+        for name, child in children.servers.items():
+            settings.servers.for_service(name).address = child.address
+            print(f"  {name:<4} gRPC {child.address}  metrics http://{child.host}:{child.metrics_port}/metrics",
                   flush=True)
         app = create_app(settings)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", ws="websockets-sansio")
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # ours, above
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]  # ours, above
         serve = loop.create_task(server.serve())
-        while not server.started and not serve.done():
+        while not server.started and not serve.done():  # noqa: ASYNC110 - uvicorn offers no event to await
             await asyncio.sleep(0.05)
         if serve.done():
             await children.stop()

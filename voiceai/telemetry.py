@@ -99,7 +99,7 @@ def setup_logging(level: str = "INFO", json_lines: bool = True, redact_pii: bool
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "openai", "faster_whisper"):
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "faster_whisper"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

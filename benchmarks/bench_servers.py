@@ -199,6 +199,171 @@ async def bench_asr(settings: Settings, log_dir: Path, rounds: int) -> dict[str,
     return out
 
 
+# ---- LLM --------------------------------------------------------------------------------------
+
+_PASSAGE = ("Customers can check their account balance in the mobile app under Accounts, by calling the "
+            "automated line and pressing one, or at any branch with their Emirates ID. Balances update "
+            "within five minutes of a card payment and by the next working day for cheques. Savings "
+            "accounts pay monthly interest, credited on the last working day of the month. A customer "
+            "who sees a transaction they do not recognise should block the card in the app and call the "
+            "fraud line, which is open all day, every day. Replacement cards arrive within five working "
+            "days in the UAE; an express card can be collected from a branch the next day for a fee. ")
+
+
+async def _prompt_tokens(base_url: str, text: str) -> int:
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        r = await http.post(base_url.removesuffix("/v1") + "/extras/tokenize/count", json={"input": text})
+        return int(r.json().get("count", 0)) if r.status_code == 200 else 0
+
+
+def _llm_params(i: int, question_id: int):
+    from nlu.api import ChatMessage, GenerateParams, Passage
+
+    # A unique first line defeats llama.cpp's prefix reuse: every request processes its whole prompt.
+    system = f"Request {question_id}-{i}. You are a concise customer-care assistant for a UAE bank."
+    return GenerateParams(
+        messages=(ChatMessage("system", system), ChatMessage("user", "How do I check my balance, and how fast "
+                                                                     "does it update after a card payment?")),
+        context=(Passage(_PASSAGE, "balances.md"), Passage(_PASSAGE.replace("Customers", "Clients"), "cards.md")),
+        max_tokens=48, greedy=True, language="en")
+
+
+async def llm_one(client, params) -> dict[str, float]:
+    from nlu.api import GenerationFinal, TextDelta
+
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    async for event in client.generate(params):
+        if isinstance(event, TextDelta) and event.text:
+            first = first or time.perf_counter()
+            tokens += 1
+        elif isinstance(event, GenerationFinal):
+            tokens = event.usage.completion_tokens or tokens
+    end = time.perf_counter()
+    assert first is not None, "no tokens"
+    return {"ttft_ms": (first - started) * 1000, "total_ms": (end - started) * 1000,
+            "tokens_per_s": (tokens - 1) / max(1e-6, end - first)}
+
+
+async def bench_nlu(settings: Settings, log_dir: Path, rounds: int) -> dict[str, Any]:
+    from nlu.client import GrpcLlmClient, InProcessLlmClient
+    from nlu.engine_launcher import LlamaCppEngine
+    from nlu.generator import Generator
+    from nlu.prompting import build_messages
+
+    launch = settings.nlu.engine.launch.model_copy(update={"port": 0})
+    engine = LlamaCppEngine(launch, settings.models_dir, settings.nlu.engine.model)
+    base_url = await engine.start()
+    out: dict[str, Any] = {"model": launch.model}
+    try:
+        # One engine behind both paths, so the comparison prices the gRPC hop alone.
+        env = {"VOICEAI_LLM_BASE_URL": base_url}
+        server = await start("nlu", log_dir, env=env)
+        local_settings = settings.model_copy(deep=True)
+        local_settings.nlu.engine.base_url = base_url
+        local = InProcessLlmClient(Generator(local_settings))
+        remote = GrpcLlmClient(server.address)
+        try:
+            probe = _llm_params(0, 0)
+            prompt = "\n".join(str(m["content"]) for m in build_messages(probe, local_settings.nlu, "hermes"))
+            out["prompt_tokens"] = await _prompt_tokens(base_url, prompt)
+            await llm_one(remote, _llm_params(0, 1))  # warm-up
+            qid = 2
+            for n in CONCURRENCY:
+                runs = []
+                for _ in range(rounds):
+                    runs += await asyncio.gather(*(llm_one(remote, _llm_params(i, qid)) for i in range(n)))
+                    qid += 1
+                out[str(n)] = {"ttft_ms": report.median([r["ttft_ms"] for r in runs]),
+                               "ttft_p95_ms": report.p95([r["ttft_ms"] for r in runs]),
+                               "tokens_per_s": report.median([r["tokens_per_s"] for r in runs])}
+            in_proc, grpc_path = [], []
+            for _ in range(max(4, 2 * rounds)):
+                in_proc.append((await llm_one(local, _llm_params(9, qid)))["total_ms"])
+                grpc_path.append((await llm_one(remote, _llm_params(9, qid + 1)))["total_ms"])
+                qid += 2
+            out["in_process_total_ms"] = report.median(in_proc)
+            out["grpc_total_ms"] = report.median(grpc_path)
+            out["grpc_overhead_ratio"] = report.median(grpc_path) / report.median(in_proc) - 1
+            out["peak_rss_mb"] = server.peak_rss_bytes() / 2**20
+            out["engine_peak_rss_mb"] = _peak_rss(engine._proc.pid) / 2**20 if engine._proc else 0.0
+        finally:
+            await remote.aclose()
+            await local.aclose()
+            server.stop()
+    finally:
+        await engine.stop()
+    return out
+
+
+def _peak_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# ---- TTS --------------------------------------------------------------------------------------
+
+_TTS_TEXT = {"en": "Your balance is four thousand two hundred dirhams. Is there anything else I can help with?",
+             "ar": "رصيدك أربعة آلاف ومئتا درهم. هل هناك شيء آخر يمكنني مساعدتك فيه؟"}
+
+
+async def tts_one(client, language: str) -> dict[str, float]:
+    from tts.api import SynthesisRequest
+
+    started = time.perf_counter()
+    first = None
+    samples = 0
+    rate = 16000
+    async for chunk in client.synthesize(SynthesisRequest(text=_TTS_TEXT[language], language=language,
+                                                          sample_rate_hz=16000)):
+        first = first or time.perf_counter()
+        samples += len(chunk.pcm16) // 2
+        rate = chunk.sample_rate_hz
+    total = time.perf_counter() - started
+    assert first is not None
+    return {"first_chunk_ms": (first - started) * 1000, "rtf": total / (samples / rate)}
+
+
+async def bench_tts(settings: Settings, log_dir: Path, rounds: int) -> dict[str, Any]:
+    from tts.client import GrpcTtsClient, InProcessTtsClient
+    from tts.engine import TtsEngine
+
+    server = await start("tts", log_dir)
+    out: dict[str, Any] = {}
+    engine = TtsEngine(settings)
+    await asyncio.to_thread(engine.load)
+    local = InProcessTtsClient(engine)
+    remote = GrpcTtsClient(server.address)
+    try:
+        for language in ("en", "ar"):
+            await tts_one(remote, language)
+            for n in CONCURRENCY:
+                runs = await gather_rounds(n, rounds, lambda _i, lang=language: tts_one(remote, lang))
+                out[f"{language}_{n}"] = {"first_chunk_ms": report.median([r["first_chunk_ms"] for r in runs]),
+                                          "rtf": report.median([r["rtf"] for r in runs])}
+        in_proc, grpc_path = [], []
+        for _ in range(max(5, 2 * rounds)):
+            in_proc.append((await tts_one(local, "en"))["first_chunk_ms"])
+            grpc_path.append((await tts_one(remote, "en"))["first_chunk_ms"])
+        out["in_process_first_chunk_ms"] = report.median(in_proc)
+        out["grpc_first_chunk_ms"] = report.median(grpc_path)
+        out["grpc_overhead_ratio"] = report.median(grpc_path) / report.median(in_proc) - 1
+        out["peak_rss_mb"] = server.peak_rss_bytes() / 2**20
+    finally:
+        await remote.aclose()
+        await local.aclose()
+        server.stop()
+    return out
+
+
 # ---- report -----------------------------------------------------------------------------------
 
 
@@ -226,13 +391,30 @@ def markdown(results: dict[str, Any]) -> str:
                      f"{a['grpc_overhead_ratio']:+.1%}. ASR server peak RSS: {a['peak_rss_mb']:.0f} MB. "
                      f"Endpoint silence {a['endpoint_silence_ms']} ms; the early decode starts at the first "
                      "silent window. Target: final within 300 ms of the end of speech (finalize column).\n")
-    for extra in ("nlu", "tts"):
-        if extra in results and "markdown" in results[extra]:
-            parts.append(results[extra].pop("markdown"))
+    if "nlu" in results:
+        n = results["nlu"]
+        parts.append(f"### LLM ({n['model']} on llama.cpp, 2 threads): a {n['prompt_tokens']}-token prompt, "
+                     "48 tokens out, no prefix reuse\n")
+        parts.append(report.table(["streams", "time to first token ms (p50)", "p95", "tokens/s per stream"],
+                                  [[c, n[str(c)]["ttft_ms"], n[str(c)]["ttft_p95_ms"], n[str(c)]["tokens_per_s"]]
+                                   for c in CONCURRENCY]))
+        parts.append(f"\nThe llama.cpp server runs one generation at a time, so concurrent streams queue. Same "
+                     f"request through the same engine: in-process {n['in_process_total_ms']:.0f} ms, gRPC "
+                     f"{n['grpc_total_ms']:.0f} ms ({n['grpc_overhead_ratio']:+.1%}). NLU server peak RSS "
+                     f"{n['peak_rss_mb']:.0f} MB, its llama.cpp engine {n['engine_peak_rss_mb']:.0f} MB.\n")
+    if "tts" in results:
+        t = results["tts"]
+        rows = [[lang, c, t[f"{lang}_{c}"]["first_chunk_ms"], t[f"{lang}_{c}"]["rtf"]]
+                for lang in ("en", "ar") for c in CONCURRENCY]
+        parts.append("### TTS (Piper joe for English, espeak-ng for Arabic), two sentences, 16 kHz out\n")
+        parts.append(report.table(["language", "streams", "first chunk ms (p50)", "real-time factor"], rows))
+        parts.append(f"\nFirst chunk in-process {t['in_process_first_chunk_ms']:.0f} ms vs gRPC "
+                     f"{t['grpc_first_chunk_ms']:.0f} ms ({t['grpc_overhead_ratio']:+.1%}). TTS server peak RSS "
+                     f"{t['peak_rss_mb']:.0f} MB.\n")
     return "\n".join(parts)
 
 
-SECTIONS = {"vad": bench_vad, "asr": bench_asr}
+SECTIONS = {"vad": bench_vad, "asr": bench_asr, "nlu": bench_nlu, "tts": bench_tts}
 
 
 async def main_async(only: list[str], rounds: int) -> dict[str, Any]:

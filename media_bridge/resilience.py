@@ -52,6 +52,12 @@ class CircuitBreaker:
             return True
         return False
 
+    def release(self) -> None:
+        """A call that ``allow`` let through ended with no verdict (cancelled: barge-in, a dropped
+        speculation, hang-up). Frees the half-open probe slot; without this a cancelled probe would
+        leave the breaker refusing every call for the rest of the process."""
+        self._probing = False
+
     def success(self) -> None:
         if self._opened_at is not None:
             log.info("dependency recovered", extra={"dependency": self.name})

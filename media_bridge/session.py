@@ -94,6 +94,7 @@ class _Generation:
         self._queue: asyncio.Queue = asyncio.Queue()
         self.first_token_ms: float | None = None
         self._clock = session.clock
+        self._breaker = session.breakers["llm"]
         self.task = session._spawn(self._pump(events))
 
     async def _pump(self, events: AsyncIterator[LlmEvent]) -> None:
@@ -115,7 +116,11 @@ class _Generation:
 
     async def next(self, timeout_s: float) -> LlmEvent | None:
         """The next event, None at the end; raises the generation's error or TimeoutError."""
-        item = await asyncio.wait_for(self._queue.get(), timeout_s)
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as an event
+        # arrives (it returns the event instead), so a barge-in during a token stream could leave
+        # the reply running: the bot went on talking after the flush.
+        async with asyncio.timeout(timeout_s):
+            item = await self._queue.get()
         if item is _END:
             return None
         if isinstance(item, BaseException):
@@ -124,6 +129,8 @@ class _Generation:
 
     def cancel(self) -> None:
         self.task.cancel()
+        # If this generation was the breaker's half-open probe, it will never report now.
+        self._breaker.release()
 
 
 class _Scripted:
@@ -147,6 +154,8 @@ class _Scripted:
 @dataclass
 class _BargeIn:
     started_ms: float
+    audio_start_ms: int = 0  # the speech's onset in the caller's audio (VAD/ASR stream time)
+    audio_end_ms: int | None = None
     speech_ended_ms: float | None = None
     awaiting_transcript: bool = False
 
@@ -189,13 +198,16 @@ class CallSession:
         self._turn_timings = TurnTimings()
         self._speaking_since: float | None = None
         self._endpoint_task: asyncio.Task | None = None
+        self._endpoint_waits_vad = False
         self._speculation: _Generation | None = None
         # The bot's reply in progress.
         self._reply_task: asyncio.Task | None = None
+        self._reply_parts: tuple[asyncio.Task, _Generation | _Scripted] | None = None  # its speaker, its LLM
         self._reply: TurnRecord | None = None
         self._reply_user_text = ""
         self._reply_text_parts: list[str] = []
         self._barge: _BargeIn | None = None
+        self._dismissed: tuple[int, int] | None = None  # audio span of the last burst judged no interruption
         self._turn_index = 0
         self._last_activity_ms = 0.0
         self._silence_prompts = 0
@@ -320,9 +332,9 @@ class CallSession:
             await self._emit({"type": "speech.started", "audio_ms": event.timestamp_ms})
             self._cancel(self._endpoint_task)
             if self.playout.active and self.sm.state == CallState.BOT_SPEAKING \
-                    and self.cfg.interruption.enabled:
+                    and self.cfg.interruption.enabled and not self._closing_after_reply:
                 self.playout.pause()  # silence now; decide below whether it was a real interruption
-                self._barge = _BargeIn(started_ms=at_ms)
+                self._barge = _BargeIn(started_ms=at_ms, audio_start_ms=event.timestamp_ms)
             elif self.sm.state == CallState.THINKING and self._reply_user_text:
                 # The caller goes on before the bot said anything: it was not the end of the turn.
                 self._reopen_turn()
@@ -334,6 +346,7 @@ class CallSession:
             if self._barge is not None:
                 verdict = self.barge_policy.speech_ended(event.speech_duration_ms)
                 self._barge.speech_ended_ms = at_ms
+                self._barge.audio_end_ms = event.timestamp_ms
                 if verdict == Verdict.WAIT:
                     self._barge.awaiting_transcript = True
                     self._spawn(self._barge_transcript_timeout(self._barge))
@@ -341,13 +354,18 @@ class CallSession:
                     await self._decide_barge(verdict)
                 return
             self._turn_timings.speech_end_ms = at_ms
+            if self._endpoint_waits_vad:
+                self._endpoint_waits_vad = False
+                self._arm_endpoint()
 
     async def _decide_barge(self, verdict: Verdict) -> None:
         if self._barge is None or verdict == Verdict.WAIT:
             return
-        self._barge = None
+        barge, self._barge = self._barge, None
         if verdict == Verdict.RESUME:
             BARGE_INS.labels("resumed").inc()
+            if barge.audio_end_ms is not None:
+                self._dismissed = (barge.audio_start_ms, barge.audio_end_ms)
             self.playout.resume()
             return
         BARGE_INS.labels("interrupted").inc()
@@ -362,8 +380,7 @@ class CallSession:
         """The caller took the turn: cut the reply, keep only what was heard."""
         heard = self.playout.flush()
         reply = self._reply
-        self._cancel(self._reply_task)
-        self._reply_task = None
+        self._stop_reply()
         if reply is not None:
             reply.bot_text = heard
             reply.interrupted = True
@@ -376,11 +393,11 @@ class CallSession:
 
     def _reopen_turn(self) -> None:
         """Undo a committed turn whose reply has not started playing."""
-        self._cancel(self._reply_task)
-        self._reply_task = None
+        self._stop_reply()
         self.playout.flush()
         if self._reply_user_text:
             self._segments = [self._reply_user_text]
+            self._turn_index -= 1  # that turn was never answered: its next commit is the same turn
         self._reply = None
         self._reply_user_text = ""
         self._to(CallState.USER_SPEAKING)
@@ -430,11 +447,29 @@ class CallSession:
             verdict = self.barge_policy.transcript(t.text)
             if verdict == Verdict.RESUME:
                 await self._decide_barge(Verdict.RESUME)
+                self._dismissed = None
                 return  # a backchannel is not a turn
             await self._decide_barge(Verdict.INTERRUPT)
+        elif self._dismissed is not None and self._is_dismissed(t):
+            # The transcript of a burst already judged not an interruption (too short, or no words in
+            # time): a cough or "mm" the ASR put words on is not the caller's next turn either.
+            self._dismissed = None
+            return
         if not t.text.strip():
+            # Noise with no words. Its speech_start cancelled the endpoint timer of a turn still
+            # pending: re-arm it, or that turn would wait until the caller happened to speak again.
+            if self._segments:
+                self._arm_endpoint()
+            elif self.sm.state == CallState.USER_SPEAKING and self._speaking_since is None:
+                self._to(CallState.LISTENING)  # noise alone is no turn
             return
         await self._on_segment(t)
+
+    def _is_dismissed(self, t: Transcript) -> bool:
+        assert self._dismissed is not None
+        start, end = self._dismissed
+        slack = 200  # the ASR's segmenter and the bridge's VAD do not cut at the same millisecond
+        return t.start_ms >= start - slack and t.end_ms <= end + slack
 
     async def _on_segment(self, t: Transcript) -> None:
         now = self.clock.now_ms()
@@ -445,6 +480,9 @@ class CallSession:
             self._turn_timings.speech_end_ms = self.clock.at_audio(t.end_ms)
         await self._emit({"type": "transcript.final", "turn": self._turn_index + 1, "text": t.text,
                           "language": t.language, "confidence": round(t.confidence, 3)})
+        if self._closing_after_reply:
+            self._segments = []  # the goodbye is playing and the call ends after it: no new turn
+            return
         text = " ".join(self._segments)
         if self.sm.state in (CallState.LISTENING,):
             self._to(CallState.USER_SPEAKING)
@@ -453,24 +491,45 @@ class CallSession:
             self._speculation.cancel()  # the transcript changed: that answer is for another question
             self._speculation = None
         if self.cfg.speculative and self._speculation is None and deadline > now:
-            self._speculation = self._generate(text)
+            generation = self._generate(text)
+            # With the LLM breaker open there is nothing to start early; keeping the scripted
+            # fallback as a "speculation" would compare its reply text with the caller's text.
+            self._speculation = generation if isinstance(generation, _Generation) else None
+        self._arm_endpoint(deadline)
+
+    def _arm_endpoint(self, deadline_ms: float | None = None) -> None:
+        """(Re)starts the end-of-turn timer for the segments so far."""
+        if deadline_ms is None:
+            end = self._turn_timings.speech_end_ms
+            deadline_ms = self.endpointer.deadline_ms(self.clock.now_ms() if end is None else end,
+                                                      " ".join(self._segments), self._turn_language)
+        self._endpoint_waits_vad = False
         self._cancel(self._endpoint_task)
-        self._endpoint_task = self._spawn(self._endpoint_after(deadline))
+        self._endpoint_task = self._spawn(self._endpoint_after(deadline_ms))
 
     async def _endpoint_after(self, deadline_ms: float) -> None:
         delay = (deadline_ms - self.clock.now_ms()) / 1000
         if delay > 0:
             await asyncio.sleep(delay)
-        if self._speaking_since is not None or not self._segments:
+        if not self._segments:
+            return
+        if self._speaking_since is not None:
+            # The final came before the bridge's VAD heard the speech end (the ASR's segment
+            # silence is shorter, or the VAD lags); a resumed speech would have cancelled this
+            # timer. The VAD's speech_end re-arms it; before, a short answer ("yes") hung here.
+            self._endpoint_waits_vad = True
             return
         self._commit_turn()
 
     def _commit_turn(self) -> None:
         text = " ".join(self._segments)
         self._segments = []
+        self._endpoint_waits_vad = False
         self._turn_timings.endpoint_ms = self.clock.now_ms()
-        generation = self._speculation if self._speculation and self._speculation.text == text else None
-        if self._speculation and generation is None:
+        generation: _Generation | _FallbackMarker | None = None
+        if self._speculation and self._speculation.text == text:
+            generation = self._speculation
+        elif self._speculation:
             self._speculation.cancel()
         self._speculation = None
         if generation is None:
@@ -479,10 +538,9 @@ class CallSession:
 
     # ---- the bot's reply ---------------------------------------------------------------------
 
-    def _generate(self, user_text: str) -> _Generation | _Scripted:
+    def _generate(self, user_text: str) -> _Generation | _FallbackMarker:
         breaker = self.breakers["llm"]
-        if not breaker.allow():
-            FALLBACKS.labels("llm").inc()
+        if not breaker.allow():  # counted as a fallback when the reply is spoken
             return _FallbackMarker(scripted("llm_fallback", self._turn_language))
         history = self.history[-2 * self.cfg.history_turns:]
         params = GenerateParams(
@@ -490,11 +548,32 @@ class CallSession:
             max_tokens=self.cfg.max_reply_tokens, timeout_ms=self.cfg.timeouts.llm_total_ms, call_id=self.call_id)
         return _Generation(self, user_text, self.clients.llm.generate(params))
 
+    def _stop_reply(self) -> None:
+        """Cuts the reply in progress now: its task, its speaker and its LLM stream.
+
+        All three are cancelled here, synchronously. Cancelling only the reply task reaches the
+        speaker one loop iteration later, and a TTS chunk that is ready in between would be queued
+        after the playout's flush: heard after the barge-in.
+        """
+        self._cancel(self._reply_task)
+        self._reply_task = None
+        if self._reply_parts is not None:
+            speaker, generation = self._reply_parts
+            self._reply_parts = None
+            speaker.cancel()
+            generation.cancel()
+
     def _start_reply(self, generation: _Generation | _Scripted, user_text: str | None) -> None:
         if self._reply_task is not None:
-            # A new reply replaces one still producing (e.g. a prompt while a fallback plays).
-            self.playout.flush()
-            self._cancel(self._reply_task)
+            # A new reply replaces one still producing or playing (the goodbye at the time limit, a
+            # "repeat" after an ASR failure...).
+            heard = self.playout.flush()
+            cut = self._reply
+            if cut is not None and cut not in self.turns:
+                # Record what the caller heard of it; before, the turn vanished from the call record.
+                cut.bot_text, cut.interrupted = heard, True
+                self._spawn(self._finish_turn(cut, interrupted=True))
+        self._stop_reply()
         if user_text is not None:
             self._turn_index += 1
             timings, self._turn_timings = self._turn_timings, TurnTimings()
@@ -505,17 +584,36 @@ class CallSession:
         self._reply_text_parts = []
         self._to(CallState.THINKING)
         self.playout.start_reply()
-        self._reply_task = self._spawn(self._respond(generation, self._reply))
-
-    async def _respond(self, generation: _Generation | _Scripted, turn: TurnRecord | None) -> None:
-        t = self.cfg.timeouts
-        language = turn.language if turn else self._turn_language
-        chunker = PhraseChunker(self.settings.tts.chunker)
+        language = self._reply.language if self._reply else self._turn_language
         phrases: asyncio.Queue = asyncio.Queue()
-        speaker = self._spawn(self._speak(phrases, language, turn))
+        speaker = self._spawn(self._speak(phrases, language, self._reply))
+        self._reply_parts = (speaker, generation)
+        self._reply_task = self._spawn(self._respond(generation, self._reply, language, phrases, speaker))
+
+    async def _respond(self, generation: _Generation | _Scripted, turn: TurnRecord | None, language: str,
+                       phrases: asyncio.Queue, speaker: asyncio.Task) -> None:
         try:
-            if isinstance(generation, _FallbackMarker) and turn is not None:
-                turn.fallbacks.append("llm")
+            await self._produce(generation, turn, language, phrases)
+            await speaker
+        except asyncio.CancelledError:
+            # The reply was cut (barge-in, a newer reply, hang-up). Cancelling this task alone would
+            # leave the LLM stream running and the speaker synthesising the queued phrases into the
+            # playout after its flush: the bot would go on talking over the caller.
+            generation.cancel()
+            speaker.cancel()
+            raise
+        self.playout.end_reply()
+
+    async def _produce(self, generation: _Generation | _Scripted, turn: TurnRecord | None, language: str,
+                       phrases: asyncio.Queue) -> None:
+        """LLM events -> phrases for the speaker (or the scripted fallback); None at the end."""
+        t = self.cfg.timeouts
+        chunker = PhraseChunker(self.settings.tts.chunker)
+        try:
+            if isinstance(generation, _FallbackMarker):
+                FALLBACKS.labels("llm").inc()
+                if turn is not None:
+                    turn.fallbacks.append("llm")
             first_timeout = t.llm_first_token_ms / 1000
             got_text = False
             while True:
@@ -549,8 +647,6 @@ class CallSession:
                 phrases.put_nowait(p)
         finally:
             phrases.put_nowait(None)
-        await speaker
-        self.playout.end_reply()
 
     async def _speak(self, phrases: asyncio.Queue, language: str, turn: TurnRecord | None) -> None:
         while (phrase := await phrases.get()) is not None:
@@ -571,7 +667,9 @@ class CallSession:
             try:
                 timeout_s = self.cfg.timeouts.tts_first_chunk_ms / 1000
                 while True:
-                    chunk = await asyncio.wait_for(anext(chunks, None), timeout_s if not sent_any else 10 * timeout_s)
+                    # asyncio.timeout, not wait_for: see _Generation.next (cancellation must not be lost).
+                    async with asyncio.timeout(timeout_s if not sent_any else 10 * timeout_s):
+                        chunk = await anext(chunks, None)
                     if chunk is None:
                         break
                     self._audio_ready(chunk.pcm16, turn)
@@ -579,6 +677,7 @@ class CallSession:
                 breaker.success()
                 return
             except asyncio.CancelledError:
+                breaker.release()  # no verdict: a half-open probe must not stay taken
                 raise
             except Exception as err:
                 breaker.failure("timeout" if isinstance(err, TimeoutError) else "error")
@@ -593,8 +692,14 @@ class CallSession:
             turn.fallbacks.append("tts")
         fallback = SynthesisRequest(text=phrase, language=language, sample_rate_hz=self.transport.sample_rate_hz,
                                     call_id=self.call_id)
-        async for chunk in self.clients.fallback_tts.synthesize(fallback):
-            self._audio_ready(chunk.pcm16, turn)
+        try:
+            async for chunk in self.clients.fallback_tts.synthesize(fallback):
+                self._audio_ready(chunk.pcm16, turn)
+        except Exception as err:
+            # The last resort failed too: this phrase goes unsaid, but the reply must still end.
+            # Raising here killed the speaker, the reply never ended and the playout stayed
+            # "active": a mute call, stuck out of listening, with no silence prompts.
+            log.error("fallback tts failed", extra={"call_id": self.call_id, "error": repr(err)})
 
     def _audio_ready(self, pcm16: bytes, turn: TurnRecord | None) -> None:
         if turn is not None and turn.timings.tts_first_audio_ms is None:
@@ -612,14 +717,23 @@ class CallSession:
         reply = self._reply
         text = " ".join(self._reply_text_parts)
         self._reply_task = None
+        self._reply_parts = None
         self._last_activity_ms = self.clock.now_ms()
         if reply is not None:
             reply.bot_text = text
             self._spawn(self._finish_turn(reply, interrupted=False))
         elif text:
             self.history.append(ChatMessage("assistant", text))
+        if self._barge is not None:
+            # The last audio was out before the caller's speech began (the LLM stream was still
+            # closing): nothing is left to interrupt; the speech is the caller's next turn. Left
+            # pending, its verdict would "interrupt" a finished reply from the listening state.
+            self._barge = None
+            self.playout.resume()
         if self.sm.state in (CallState.BOT_SPEAKING, CallState.THINKING):
             self._to(CallState.LISTENING)
+        if self._speaking_since is not None and self.sm.state == CallState.LISTENING:
+            self._to(CallState.USER_SPEAKING)
         if self._closing_after_reply:
             self._ended.set()
 
@@ -655,8 +769,10 @@ class CallSession:
             if time.monotonic() - started >= self.cfg.max_call_s:
                 self._say_goodbye("goodbye_max", "max_duration")
                 continue
-            idle = (self.sm.state == CallState.LISTENING and not self.playout.active and not self._segments
-                    and self._speaking_since is None)
+            # user_speaking with no words pending and no speech is a caller who made a noise and went
+            # quiet (no final, or an empty one): still silent as far as prompts are concerned.
+            idle = (self.sm.state in (CallState.LISTENING, CallState.USER_SPEAKING) and not self.playout.active
+                    and not self._segments and self._speaking_since is None)
             if idle and now - self._last_activity_ms >= self.cfg.silence_prompt_s * 1000:
                 self._last_activity_ms = now
                 if self._silence_prompts >= self.cfg.silence_prompts:
@@ -668,6 +784,9 @@ class CallSession:
     def _say_goodbye(self, line: str, reason: str) -> None:
         self.ended_reason = reason
         self._closing_after_reply = True
+        # The call ends when the goodbye has played; a pending barge-in (or any later one, see
+        # _on_vad) would flush it, and a flushed reply never drains: the call would never end.
+        self._barge = None
         self._start_reply(_Scripted(scripted(line, self.language)), user_text=None)
 
     @staticmethod

@@ -50,3 +50,44 @@ def vad_config() -> bytes:
 
     fmt = audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16LE, sample_rate_hz=16000, channels=1)
     return vad_pb2.DetectRequest(config=vad_pb2.DetectConfig(format=fmt)).SerializeToString()
+
+
+@pytest.mark.integration
+async def test_each_rpc_is_a_span_parented_by_the_callers_trace(settings):
+    """The span of an RPC continues the trace whose context came in the gRPC metadata."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from asr.vad_service import VadService
+    from voiceai.config import ServerConfig
+    from voiceai.serving import start_server
+    from voiceai.vad.v1 import vad_pb2_grpc
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)  # the first provider of this test process wins; it is ours
+    running = await start_server(VadService(settings), ServerConfig(port=0, metrics_port=0))
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            call = vad_pb2_grpc.VadStub(channel).StreamDetect(
+                iter([vad_pb2_request()]), metadata=[("traceparent", f"00-{trace_id}-{parent_id}-01")])
+            assert [r async for r in call] == []
+    finally:
+        await running.stop(0)
+    spans = [s for s in exporter.get_finished_spans() if s.name == "vad.StreamDetect"]
+    if not spans:
+        pytest.skip("another tracer provider was installed earlier in this process; run this file alone")
+    (span,) = spans
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
+    assert span.attributes["rpc.grpc.status_code"] == 0
+
+
+def vad_pb2_request():
+    from voiceai.vad.v1 import vad_pb2
+
+    return vad_pb2.DetectRequest.FromString(vad_config())

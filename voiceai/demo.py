@@ -1,91 +1,65 @@
-"""`voiceai demo`: the four model servers on loopback, and speech through them in both languages."""
+"""`voiceai demo`: the whole stack on this machine, and simulated calls through it.
+
+Starts what `voiceai up` starts (ASR, NLU and TTS servers on loopback, the gateway), then runs a
+two-turn English call and an Arabic call with `voiceai call`'s simulated caller, prints each turn
+and saves the bot's audio, and stops everything.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
-import time
 from pathlib import Path
 
 from voiceai.config import Settings
-from voiceai.supervisor import ServerProcess, spawn_server, wait_ready
+from voiceai.supervisor import free_port
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "audio"
+CALLS = {
+    "en": ["en_balance.wav", "en_order.wav"],
+    "ar": ["ar_agent.wav"],
+}
 
 
-def _say(line: str) -> None:
-    print(line, flush=True)
+def _print_call(language: str, result: dict) -> None:
+    print(f"\n--- {'English' if language == 'en' else 'Arabic'} call {result['call_id']}", flush=True)
+    for i, t in enumerate(result["turns"], 1):
+        stages = t["stages"] or {}
+        print(f"turn {i}  caller: {t['user_text']}")
+        print(f"        bot:    {t['bot_text']}{'  [interrupted]' if t['interrupted'] else ''}")
+        print(f"        e2e {t['e2e_ms']} ms (speech end -> first bot audio at the caller); server stages: "
+              f"final transcript +{_after(stages, 'final_transcript_ms')} ms, endpoint "
+              f"+{_after(stages, 'endpoint_ms')} ms, first LLM token +{_after(stages, 'llm_first_token_ms')} ms, "
+              f"first audio sent +{_after(stages, 'first_audio_sent_ms')} ms", flush=True)
 
 
-async def _speak(settings: Settings, address: str, text: str, language: str, out: Path) -> tuple[float, float]:
-    from tts.api import SynthesisRequest
-    from tts.client import GrpcTtsClient
-    from voiceai.audio import write_wav
-
-    client = GrpcTtsClient(address)
-    pcm, rate, first_ms = bytearray(), 16000, 0.0
-    started = time.perf_counter()
-    try:
-        async for chunk in client.synthesize(SynthesisRequest(text=text, language=language, sample_rate_hz=16000)):
-            if not pcm:
-                first_ms = (time.perf_counter() - started) * 1000
-            pcm += chunk.pcm16
-            rate = chunk.sample_rate_hz
-    finally:
-        await client.aclose()
-    write_wav(out, bytes(pcm), rate)
-    return first_ms, len(pcm) / 2 / rate
-
-
-async def _chat(address: str, text: str) -> tuple[str, int]:
-    from nlu.api import ChatMessage, GenerateParams, GenerationFinal
-    from nlu.client import GrpcLlmClient
-
-    client = GrpcLlmClient(address)
-    try:
-        async for event in client.generate(GenerateParams(messages=(ChatMessage("user", text),), max_tokens=60)):
-            if isinstance(event, GenerationFinal):
-                return event.message.content, event.timings.time_to_first_token_ms
-    finally:
-        await client.aclose()
-    return "", 0
+def _after(stages: dict, key: str) -> str:
+    if stages.get(key) is None or stages.get("speech_end_ms") is None:
+        return "?"
+    return f"{stages[key] - stages['speech_end_ms']:.0f}"
 
 
 async def run_demo(settings: Settings, out_dir: Path) -> None:
-    from asr.transcribe import transcribe_file
+    from gateway.caller import load_turns, simulate_call
+    from voiceai.stack import run_stack
 
-    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
-    servers: dict[str, ServerProcess] = {}
-    with tempfile.TemporaryDirectory() as logs:
-        try:
-            _say("Starting the model servers (VAD, ASR, NLU with a llama.cpp engine, TTS)...")
-            for name in ("vad", "asr", "nlu", "tts"):
-                servers[name] = spawn_server(name, Path(logs))
-            await asyncio.gather(*(wait_ready(s) for s in servers.values()))
-            for name, s in servers.items():
-                _say(f"  {name:<4} gRPC {s.address}   metrics http://{s.host}:{s.metrics_port}/metrics")
-            asr_settings = settings.model_copy(deep=True)
-            asr_settings.servers.asr.address = servers["asr"].address
-
-            greeting = "Hello, thank you for calling customer care. How can I help you today?"
-            first_ms, seconds = await _speak(settings, servers["tts"].address, greeting, "en", out_dir / "bot_en.wav")
-            _say(f"\nTTS (Piper, en): {seconds:.1f} s of audio, first chunk after {first_ms:.0f} ms "
-                 f"-> {out_dir / 'bot_en.wav'}")
-            heard = await transcribe_file(asr_settings, out_dir / "bot_en.wav", "auto")
-            _say(f"ASR of that audio ({heard['language']}): {heard['text']}")
-            arabic = await transcribe_file(asr_settings, FIXTURES / "ar_agent.wav", "auto")
-            _say(f"ASR of an Arabic caller clip ({arabic['language']}): {arabic['text']}")
-
-            for question in ("How can I check my account balance?", "مرحبا، كيف أستطيع معرفة رصيد حسابي؟"):
-                reply, ttft = await _chat(servers["nlu"].address, question)
-                _say(f"\nCaller: {question}\nBot ({ttft} ms to first token): {reply}")
-            first_ms, seconds = await _speak(settings, servers["tts"].address, "شكرا لاتصالك. كيف يمكنني مساعدتك؟",
-                                             "ar", out_dir / "bot_ar.wav")
-            _say(f"\nTTS (espeak-ng, ar): {seconds:.1f} s of audio, first chunk after {first_ms:.0f} ms "
-                 f"-> {out_dir / 'bot_ar.wav'}")
-        finally:
-            for s in servers.values():
-                with contextlib.suppress(Exception):
-                    s.stop()
-    _say("\nDone: servers stopped.")
+    port = free_port()
+    ready, stop = asyncio.Event(), asyncio.Event()
+    stack = asyncio.create_task(run_stack(settings, "127.0.0.1", port, ready=ready, stop=stop))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({stack, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if stack.done():
+        waiter.cancel()
+        raise RuntimeError("the stack did not start; see the messages above")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for language, wavs in CALLS.items():
+            turns = load_turns([FIXTURES / w for w in wavs], settings.models_dir, 16000)
+            result = await simulate_call(url, turns, language, out_dir=out_dir / language)
+            _print_call(language, result)
+            print(f"        bot audio saved to {out_dir / language / 'bot.wav'}", flush=True)
+        print(f"\nThe web page is at {url}/ while the stack runs: `voiceai up` keeps it running.", flush=True)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await stack

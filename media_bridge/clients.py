@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asr.api import AsrClient, VadClient
 from asr.client import make_asr_client, make_vad_client
+from media_bridge.resilience import CircuitBreaker
 from nlu.api import LlmClient
 from nlu.client import make_llm_client
 from tts.api import TtsClient
@@ -26,6 +27,8 @@ class BridgeClients:
     llm: LlmClient
     tts: TtsClient
     fallback_tts: TtsClient
+    # Circuit breakers per dependency, shared by every call using these clients (None: per call).
+    breakers: dict[str, CircuitBreaker] | None = field(default=None)
 
     async def aclose(self) -> None:
         for client in (self.vad, self.asr, self.llm, self.tts, self.fallback_tts):
@@ -54,4 +57,5 @@ async def make_bridge_clients(settings: Settings) -> BridgeClients:
         llm=make_llm_client(settings),
         tts=make_tts_client(settings),
         fallback_tts=InProcessTtsClient(fallback_engine),
+        breakers={name: CircuitBreaker(name, settings.call.breaker) for name in ("asr", "llm", "tts")},
     )

@@ -38,7 +38,8 @@ class Playout:
 
     def __init__(self, send: SendAudio, sample_rate_hz: int, frame_ms: int = 20,
                  on_first_frame: Callable[[], None] | None = None,
-                 on_drained: Callable[[], None] | None = None) -> None:
+                 on_drained: Callable[[], None] | None = None,
+                 on_phrase_start: Callable[[str], None] | None = None) -> None:
         self._send = send
         self.frame_bytes = sample_rate_hz * frame_ms // 1000 * 2
         self.frame_s = frame_ms / 1000
@@ -50,6 +51,8 @@ class Playout:
         self._task: asyncio.Task | None = None
         self._on_first_frame = on_first_frame
         self._on_drained = on_drained
+        self._on_phrase_start = on_phrase_start
+        self._current: _Phrase | None = None  # the phrase whose frames are going out
         self._reply_open = False
         self._first_sent = False
         self._drain_notified = True
@@ -180,6 +183,10 @@ class Playout:
                 if self._paused or not self._frames:
                     continue
             frame, phrase = self._frames.popleft()
+            if phrase is not self._current:
+                self._current = phrase
+                if self._on_phrase_start and phrase.text:
+                    self._on_phrase_start(phrase.text)
             await self._send(frame)
             sent = time.monotonic()
             phrase.played_bytes += len(frame)

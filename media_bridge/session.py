@@ -19,8 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -31,11 +31,11 @@ from media_bridge.endpointing import Endpointer
 from media_bridge.interruption import BargeInPolicy, Verdict
 from media_bridge.playout import Playout
 from media_bridge.replies import scripted
+from media_bridge.reply import FALLBACKS, FallbackReply, LlmReply, PhraseSpeaker, ScriptedReply, TurnRecord
 from media_bridge.resilience import CircuitBreaker
 from media_bridge.state import CallState, StateMachine
 from media_bridge.timeline import CallClock, TurnTimings
-from nlu.api import ChatMessage, GenerateParams, GenerationFinal, LlmEvent, TextDelta
-from tts.api import SynthesisRequest
+from nlu.api import ChatMessage, GenerateParams, GenerationFinal, TextDelta
 from tts.chunker import PhraseChunker, split_phrases
 from voiceai.audio import MODEL_RATE_HZ, Pcm16Assembler, StreamResampler, float_to_pcm16
 from voiceai.config import Settings
@@ -47,9 +47,6 @@ TURN_STAGE_SECONDS = Histogram(
     "voiceai_turn_stage_seconds", "Per-stage latency of caller turns.", ["stage", "language"],
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0))
 BARGE_INS = Counter("voiceai_barge_ins_total", "Caller interruptions, by outcome.", ["outcome"])
-FALLBACKS = Counter("voiceai_fallbacks_total", "Turns that used a fallback, by dependency.", ["dependency"])
-
-_END = object()
 _VAD_MIN_SILENCE_MS = 200
 
 
@@ -61,94 +58,6 @@ class CallTransport(Protocol):
     async def send_audio(self, pcm16: bytes) -> None: ...
 
     async def send_event(self, event: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class TurnRecord:
-    """A finished caller turn, as the call record and the `turn` event show it."""
-
-    index: int
-    user_text: str
-    bot_text: str
-    language: str
-    interrupted: bool
-    timings: TurnTimings
-    fallbacks: list[str] = field(default_factory=list)
-    sources: list[str] = field(default_factory=list)
-
-    def as_event(self) -> dict[str, Any]:
-        return {"type": "turn", "turn": self.index, "user_text": self.user_text, "bot_text": self.bot_text,
-                "language": self.language, "interrupted": self.interrupted, "stages": self.timings.as_dict(),
-                "fallbacks": self.fallbacks, "sources": self.sources}
-
-
-class _Generation:
-    """An LLM generation running in the background; its events are buffered until consumed.
-
-    Used both for speculation (started during the silence window, maybe discarded) and for the
-    committed reply.
-    """
-
-    def __init__(self, session: CallSession, text: str, events: AsyncIterator[LlmEvent]) -> None:
-        self.text = text
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self.first_token_ms: float | None = None
-        self._clock = session.clock
-        self._breaker = session.breakers["llm"]
-        self.task = session._spawn(self._pump(events))
-
-    async def _pump(self, events: AsyncIterator[LlmEvent]) -> None:
-        try:
-            async for event in events:
-                if self.first_token_ms is None and isinstance(event, TextDelta) and event.text.strip():
-                    self.first_token_ms = self._clock.now_ms()
-                self._queue.put_nowait(event)
-            self._queue.put_nowait(_END)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:
-            self._queue.put_nowait(err)
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
-
-    async def next(self, timeout_s: float) -> LlmEvent | None:
-        """The next event, None at the end; raises the generation's error or TimeoutError."""
-        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that lands as an event
-        # arrives (it returns the event instead), so a barge-in during a token stream could leave
-        # the reply running: the bot went on talking after the flush.
-        async with asyncio.timeout(timeout_s):
-            item = await self._queue.get()
-        if item is _END:
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def cancel(self) -> None:
-        self.task.cancel()
-        # If this generation was the breaker's half-open probe, it will never report now.
-        self._breaker.release()
-
-
-class _Scripted:
-    """A reply that needs no LLM (greeting, fallbacks, prompts), behind the same interface."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.first_token_ms: float | None = None
-        self._sent = False
-
-    async def next(self, timeout_s: float) -> LlmEvent | None:
-        if self._sent:
-            return None
-        self._sent = True
-        return TextDelta(self.text)
-
-    def cancel(self) -> None:
-        return None
 
 
 @dataclass
@@ -179,9 +88,15 @@ class CallSession:
         self.endpointer = Endpointer(self.cfg.endpoint, language)
         self.barge_policy = BargeInPolicy(self.cfg.interruption)
         breaker_cfg = self.cfg.breaker
-        self.breakers = {name: CircuitBreaker(name, breaker_cfg) for name in ("asr", "llm", "tts")}
+        # Shared by every call of the process when the clients carry them: a dead server then costs
+        # one caller a timeout, not every caller.
+        self.breakers = clients.breakers if clients.breakers is not None else {
+            name: CircuitBreaker(name, breaker_cfg) for name in ("asr", "llm", "tts")}
         self.playout = Playout(transport.send_audio, transport.sample_rate_hz, self.cfg.frame_ms,
-                               on_first_frame=self._first_frame_sent, on_drained=self._reply_drained)
+                               on_first_frame=self._first_frame_sent, on_drained=self._reply_drained,
+                               on_phrase_start=self._phrase_started)
+        self.speaker = PhraseSpeaker(clients.tts, clients.fallback_tts, self.breakers["tts"],
+                                     transport.sample_rate_hz, self.cfg.timeouts.tts_first_chunk_ms, self._audio_ready)
         self.history: list[ChatMessage] = []
         self.turns: list[TurnRecord] = []
         self.ended_reason: str | None = None
@@ -199,10 +114,10 @@ class CallSession:
         self._speaking_since: float | None = None
         self._endpoint_task: asyncio.Task | None = None
         self._endpoint_waits_vad = False
-        self._speculation: _Generation | None = None
+        self._speculation: LlmReply | None = None
         # The bot's reply in progress.
         self._reply_task: asyncio.Task | None = None
-        self._reply_parts: tuple[asyncio.Task, _Generation | _Scripted] | None = None  # its speaker, its LLM
+        self._reply_parts: tuple[asyncio.Task, LlmReply | ScriptedReply] | None = None  # its speaker, its LLM
         self._reply: TurnRecord | None = None
         self._reply_user_text = ""
         self._reply_text_parts: list[str] = []
@@ -230,7 +145,7 @@ class CallSession:
             self._spawn(self._asr_loop())
             self._spawn(self._tick())
             if self.greeting:
-                self._start_reply(_Scripted(scripted("greeting", self.language)), user_text=None)
+                self._start_reply(ScriptedReply(scripted("greeting", self.language)), user_text=None)
             await self._ended.wait()
         finally:
             await self._cleanup()
@@ -434,7 +349,7 @@ class CallSession:
                                   "failed; the call goes on", "fatal": False})
                 if self._segments or self._speaking_since is not None or self.sm.state == CallState.USER_SPEAKING:
                     self._segments = []
-                    self._start_reply(_Scripted(scripted("repeat", self._turn_language)), user_text=None)
+                    self._start_reply(ScriptedReply(scripted("repeat", self._turn_language)), user_text=None)
                 await asyncio.sleep(0.3)
 
     async def _on_transcript(self, t: Transcript) -> None:
@@ -494,7 +409,7 @@ class CallSession:
             generation = self._generate(text)
             # With the LLM breaker open there is nothing to start early; keeping the scripted
             # fallback as a "speculation" would compare its reply text with the caller's text.
-            self._speculation = generation if isinstance(generation, _Generation) else None
+            self._speculation = generation if isinstance(generation, LlmReply) else None
         self._arm_endpoint(deadline)
 
     def _arm_endpoint(self, deadline_ms: float | None = None) -> None:
@@ -526,7 +441,7 @@ class CallSession:
         self._segments = []
         self._endpoint_waits_vad = False
         self._turn_timings.endpoint_ms = self.clock.now_ms()
-        generation: _Generation | _FallbackMarker | None = None
+        generation: LlmReply | FallbackReply | None = None
         if self._speculation and self._speculation.text == text:
             generation = self._speculation
         elif self._speculation:
@@ -538,15 +453,15 @@ class CallSession:
 
     # ---- the bot's reply ---------------------------------------------------------------------
 
-    def _generate(self, user_text: str) -> _Generation | _FallbackMarker:
+    def _generate(self, user_text: str) -> LlmReply | FallbackReply:
         breaker = self.breakers["llm"]
         if not breaker.allow():  # counted as a fallback when the reply is spoken
-            return _FallbackMarker(scripted("llm_fallback", self._turn_language))
+            return FallbackReply(scripted("llm_fallback", self._turn_language))
         history = self.history[-2 * self.cfg.history_turns:]
         params = GenerateParams(
             messages=(*history, ChatMessage("user", user_text)), language=self._turn_language,
             max_tokens=self.cfg.max_reply_tokens, timeout_ms=self.cfg.timeouts.llm_total_ms, call_id=self.call_id)
-        return _Generation(self, user_text, self.clients.llm.generate(params))
+        return LlmReply(user_text, self.clients.llm.generate(params), self.clock, self.breakers["llm"], self._spawn)
 
     def _stop_reply(self) -> None:
         """Cuts the reply in progress now: its task, its speaker and its LLM stream.
@@ -563,7 +478,7 @@ class CallSession:
             speaker.cancel()
             generation.cancel()
 
-    def _start_reply(self, generation: _Generation | _Scripted, user_text: str | None) -> None:
+    def _start_reply(self, generation: LlmReply | ScriptedReply, user_text: str | None) -> None:
         if self._reply_task is not None:
             # A new reply replaces one still producing or playing (the goodbye at the time limit, a
             # "repeat" after an ASR failure...).
@@ -590,7 +505,7 @@ class CallSession:
         self._reply_parts = (speaker, generation)
         self._reply_task = self._spawn(self._respond(generation, self._reply, language, phrases, speaker))
 
-    async def _respond(self, generation: _Generation | _Scripted, turn: TurnRecord | None, language: str,
+    async def _respond(self, generation: LlmReply | ScriptedReply, turn: TurnRecord | None, language: str,
                        phrases: asyncio.Queue, speaker: asyncio.Task) -> None:
         try:
             await self._produce(generation, turn, language, phrases)
@@ -604,24 +519,29 @@ class CallSession:
             raise
         self.playout.end_reply()
 
-    async def _produce(self, generation: _Generation | _Scripted, turn: TurnRecord | None, language: str,
+    async def _produce(self, generation: LlmReply | ScriptedReply, turn: TurnRecord | None, language: str,
                        phrases: asyncio.Queue) -> None:
         """LLM events -> phrases for the speaker (or the scripted fallback); None at the end."""
         t = self.cfg.timeouts
         chunker = PhraseChunker(self.settings.tts.chunker)
         try:
-            if isinstance(generation, _FallbackMarker):
+            if isinstance(generation, FallbackReply):
                 FALLBACKS.labels("llm").inc()
                 if turn is not None:
                     turn.fallbacks.append("llm")
-            first_timeout = t.llm_first_token_ms / 1000
+            # Both limits count from the moment the reply was committed: the first token must come
+            # within llm_first_token_ms, the whole reply within llm_total_ms.
+            loop = asyncio.get_running_loop()
+            first_deadline = loop.time() + t.llm_first_token_ms / 1000
+            total_deadline = loop.time() + t.llm_total_ms / 1000
             got_text = False
             while True:
+                deadline = total_deadline if got_text else min(first_deadline, total_deadline)
                 try:
-                    event = await generation.next(first_timeout if not got_text else t.llm_total_ms / 1000)
+                    event = await generation.next(max(0.0, deadline - loop.time()))
                 except Exception as err:  # TimeoutError included; CancelledError passes through
                     generation.cancel()
-                    if isinstance(generation, _Generation):
+                    if isinstance(generation, LlmReply):
                         self.breakers["llm"].failure("timeout" if isinstance(err, TimeoutError) else "error")
                     log.warning("llm failed", extra={"call_id": self.call_id, "error": repr(err)})
                     if not got_text:
@@ -634,7 +554,7 @@ class CallSession:
                 if event is None:
                     break
                 if isinstance(event, TextDelta):
-                    if not got_text and isinstance(generation, _Generation):
+                    if not got_text and isinstance(generation, LlmReply):
                         self.breakers["llm"].success()
                     got_text = True
                     if turn is not None and turn.timings.llm_first_token_ms is None:
@@ -651,60 +571,21 @@ class CallSession:
     async def _speak(self, phrases: asyncio.Queue, language: str, turn: TurnRecord | None) -> None:
         while (phrase := await phrases.get()) is not None:
             self._reply_text_parts.append(phrase)
+            if turn is not None and turn.timings.first_phrase_ms is None:
+                turn.timings.first_phrase_ms = self.clock.now_ms()
             self.playout.begin_phrase(phrase)
-            await self._emit({"type": "bot.text", "turn": turn.index if turn else self._turn_index,
-                              "text": phrase})
-            await self._synthesize(phrase, language, turn)
+            await self.speaker.speak(phrase, language, turn, self.call_id)
             self.playout.end_phrase()
-
-    async def _synthesize(self, phrase: str, language: str, turn: TurnRecord | None) -> None:
-        breaker = self.breakers["tts"]
-        request = SynthesisRequest(text=phrase, language=language, sample_rate_hz=self.transport.sample_rate_hz,
-                                   call_id=self.call_id)
-        if breaker.allow():
-            chunks = self.clients.tts.synthesize(request)
-            sent_any = False
-            try:
-                timeout_s = self.cfg.timeouts.tts_first_chunk_ms / 1000
-                while True:
-                    # asyncio.timeout, not wait_for: see _Generation.next (cancellation must not be lost).
-                    async with asyncio.timeout(timeout_s if not sent_any else 10 * timeout_s):
-                        chunk = await anext(chunks, None)
-                    if chunk is None:
-                        break
-                    self._audio_ready(chunk.pcm16, turn)
-                    sent_any = True
-                breaker.success()
-                return
-            except asyncio.CancelledError:
-                breaker.release()  # no verdict: a half-open probe must not stay taken
-                raise
-            except Exception as err:
-                breaker.failure("timeout" if isinstance(err, TimeoutError) else "error")
-                log.warning("tts failed", extra={"call_id": self.call_id, "error": repr(err)})
-                if sent_any:
-                    return  # half a phrase is better than the phrase twice
-            finally:
-                with contextlib.suppress(Exception):
-                    await chunks.aclose()  # type: ignore[attr-defined]
-        FALLBACKS.labels("tts").inc()
-        if turn is not None and "tts" not in turn.fallbacks:
-            turn.fallbacks.append("tts")
-        fallback = SynthesisRequest(text=phrase, language=language, sample_rate_hz=self.transport.sample_rate_hz,
-                                    call_id=self.call_id)
-        try:
-            async for chunk in self.clients.fallback_tts.synthesize(fallback):
-                self._audio_ready(chunk.pcm16, turn)
-        except Exception as err:
-            # The last resort failed too: this phrase goes unsaid, but the reply must still end.
-            # Raising here killed the speaker, the reply never ended and the playout stayed
-            # "active": a mute call, stuck out of listening, with no silence prompts.
-            log.error("fallback tts failed", extra={"call_id": self.call_id, "error": repr(err)})
 
     def _audio_ready(self, pcm16: bytes, turn: TurnRecord | None) -> None:
         if turn is not None and turn.timings.tts_first_audio_ms is None:
             turn.timings.tts_first_audio_ms = self.clock.now_ms()
         self.playout.enqueue(pcm16)
+
+    def _phrase_started(self, phrase: str) -> None:
+        """The first frame of a phrase went out: the caller starts hearing it now."""
+        turn = self._reply
+        self._emit_soon({"type": "bot.text", "turn": turn.index if turn else self._turn_index, "text": phrase})
 
     def _first_frame_sent(self) -> None:
         if self._reply is not None and self._reply.timings.first_audio_sent_ms is None:
@@ -779,7 +660,7 @@ class CallSession:
                     self._say_goodbye("goodbye_silent", "caller_silent")
                 else:
                     self._silence_prompts += 1
-                    self._start_reply(_Scripted(scripted("still_there", self.language)), user_text=None)
+                    self._start_reply(ScriptedReply(scripted("still_there", self.language)), user_text=None)
 
     def _say_goodbye(self, line: str, reason: str) -> None:
         self.ended_reason = reason
@@ -787,13 +668,9 @@ class CallSession:
         # The call ends when the goodbye has played; a pending barge-in (or any later one, see
         # _on_vad) would flush it, and a flushed reply never drains: the call would never end.
         self._barge = None
-        self._start_reply(_Scripted(scripted(line, self.language)), user_text=None)
+        self._start_reply(ScriptedReply(scripted(line, self.language)), user_text=None)
 
     @staticmethod
     def _cancel(task: asyncio.Task | None) -> None:
         if task is not None and not task.done():
             task.cancel()
-
-
-class _FallbackMarker(_Scripted):
-    """The LLM breaker is open: the scripted fallback reply, counted as an LLM fallback."""

@@ -46,6 +46,7 @@ class TurnTimings:
     final_transcript_ms: float | None = None
     endpoint_ms: float | None = None
     llm_first_token_ms: float | None = None
+    first_phrase_ms: float | None = None  # the first phrase of the reply went to the TTS
     tts_first_audio_ms: float | None = None
     first_audio_sent_ms: float | None = None
 
@@ -66,7 +67,8 @@ class TurnTimings:
         marks = [("speech_end_ms", "final_transcript_ms", "asr_final"),
                  ("speech_end_ms", "endpoint_ms", "endpoint_wait"),
                  ("endpoint_ms", "llm_first_token_ms", "llm_first_token"),
-                 ("llm_first_token_ms", "tts_first_audio_ms", "tts_first_audio"),
+                 ("endpoint_ms", "first_phrase_ms", "llm_first_phrase"),
+                 ("first_phrase_ms", "tts_first_audio_ms", "tts_first_audio"),
                  ("tts_first_audio_ms", "first_audio_sent_ms", "playout"),
                  ("speech_end_ms", "first_audio_sent_ms", "e2e")]
         out = {}

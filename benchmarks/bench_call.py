@@ -46,7 +46,7 @@ class StackProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "voiceai", "up", "--port", str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "voiceai", "up", "--port", str(self.port)],  # noqa: ASYNC220 - started once, returns at once
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      cwd=report.ROOT, start_new_session=True)
         assert self.proc.stdout is not None

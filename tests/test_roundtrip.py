@@ -44,5 +44,5 @@ async def test_tts_output_is_transcribed_back(settings, text):
         await tts.aclose()
     finals = [r for r in results if isinstance(r, Transcript) and r.is_final]
     heard = " ".join(f.text for f in finals)
-    assert words(heard) == words(text), heard
+    assert words(heard) == words(text), [(f.utterance_index, f.start_ms, f.end_ms, f.text) for f in finals]
     assert {f.language for f in finals} == {"en"}

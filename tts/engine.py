@@ -89,9 +89,6 @@ class _Plan:
     call_id: str
 
 
-_WARMUP_TEXT = {"en": "Hello, how can I help?", "ar": "مرحبا، كيف أساعدك؟"}
-
-
 class TtsEngine:
     """Loads the configured voices and streams synthesis for requests.
 
@@ -140,11 +137,6 @@ class TtsEngine:
             for voice in self._voices.values():
                 started = time.perf_counter()
                 voice.backend.load()
-                # The first inference of an ONNX model is several times slower than the next
-                # (graph optimisation, allocations): pay it here, not in a caller's first turn.
-                language = voice.cfg.languages[0] if voice.cfg.languages else "en"
-                for _ in voice.backend.synthesize_phrase(_WARMUP_TEXT.get(language, "Hello."), language, 1.0):
-                    pass
                 load_s = time.perf_counter() - started
                 telemetry.MODEL_LOAD_SECONDS.labels(SERVICE, voice.cfg.id).set(load_s)
                 log.info("voice loaded", extra={"voice": voice.cfg.id, "backend": voice.backend.name,

@@ -44,6 +44,10 @@ class PiperBackend:
         if len(onnx) != 1:
             raise ValueError(f"model {self._voice_cfg.model!r} must list exactly one .onnx file")
         self._voice = PiperVoice.load(folder / onnx[0])
+        # The first inference of an ONNX model is several times slower than the next (graph
+        # optimisation, allocations): pay it at load, not in a caller's first turn.
+        for _ in self.synthesize_phrase("Hello, how can I help?", "en", 1.0):
+            pass
 
     def synthesize_phrase(self, text: str, language: str, speed: float) -> Iterator[np.ndarray]:
         from piper import SynthesisConfig

@@ -77,6 +77,15 @@ def collapse_repeats(tokens: list[int], max_ngram: int = 12) -> list[int]:
     return tokens
 
 
+def drop_words_in_padding(words: tuple[Word, ...], audio_end_ms: int, margin_ms: int = 40) -> tuple[Word, ...]:
+    """Words that start after the real audio ended were invented in the silence we padded with.
+
+    The fitted encoder window adds seconds of zeros after the utterance; Whisper now and then
+    "hears" a word there (often the utterance's first word again). Word timestamps place it.
+    """
+    return tuple(w for w in words if w.start_ms < audio_end_ms - margin_ms)
+
+
 class FasterWhisperBackend:
     """Loads a CTranslate2 Whisper model from the models directory and decodes batches."""
 
@@ -183,6 +192,10 @@ class FasterWhisperBackend:
             words: tuple[Word, ...] = ()
             if r.word_timestamps and tokens:
                 words = self._words(tok, tokens, encoder_output, i, window_s, r)
+                audio_end_ms = r.offset_ms + len(r.audio) * 1000 // SAMPLE_RATE_HZ
+                kept = drop_words_in_padding(words, audio_end_ms)
+                if len(kept) < len(words):
+                    words, text = kept, " ".join(w.text for w in kept)
             lang, lang_p = languages[i]
             out.append(DecodeResult(text=text, language=lang, language_probability=lang_p,
                                     confidence=float(math.exp(min(0.0, score))),

@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
+from asr.api import Word
 from asr.scheduler import PRIORITY_FINAL, PRIORITY_INTERIM, DecodeScheduler
 from asr.stabilizer import StablePrefix
-from asr.whisper import collapse_repeats
+from asr.whisper import collapse_repeats, drop_words_in_padding
 
 pytestmark = pytest.mark.unit
 
@@ -100,3 +101,9 @@ async def test_a_failing_model_fails_its_jobs_and_keeps_serving():
         await sched.submit("a", PRIORITY_FINAL)
     assert await sched.submit("b", PRIORITY_FINAL) == "ok"
     await sched.close()
+
+
+def test_words_placed_in_the_padding_are_dropped():
+    words = (Word("Please", 500, 800, 0.9), Word("hold.", 800, 1200, 0.9), Word("Please", 2480, 2700, 0.4))
+    assert [w.text for w in drop_words_in_padding(words, audio_end_ms=2450)] == ["Please", "hold."]
+    assert drop_words_in_padding(words, audio_end_ms=3000) == words

@@ -26,15 +26,10 @@ from voiceai import telemetry
 from voiceai.asr.v1 import asr_pb2, asr_pb2_grpc
 from voiceai.common.v1 import audio_pb2
 from voiceai.config import Settings
-from voiceai.serving import MAX_MESSAGE_BYTES, error_from_rpc
+from voiceai.serving import error_from_rpc, message_size_options
 from voiceai.vad.v1 import vad_pb2, vad_pb2_grpc
 
 _CLOSE = object()
-
-
-def channel_options() -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 
 
 def _pcm16(rate_hz: int) -> audio_pb2.AudioFormat:
@@ -140,7 +135,7 @@ class GrpcVadSession:
 
 class GrpcVadClient:
     def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self._channel = grpc.aio.insecure_channel(address, options=message_size_options())
         self._stub = vad_pb2_grpc.VadStub(self._channel)
 
     def open(self, options: VadOptions) -> GrpcVadSession:
@@ -223,7 +218,7 @@ class GrpcAsrSession:
 
 class GrpcAsrClient:
     def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self._channel = grpc.aio.insecure_channel(address, options=message_size_options())
         self._stub = asr_pb2_grpc.AsrStub(self._channel)
 
     def open(self, options: AsrOptions) -> GrpcAsrSession:

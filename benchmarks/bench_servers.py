@@ -21,7 +21,7 @@ from typing import Any
 from benchmarks import report
 from voiceai.audio import float_to_pcm16, read_wav
 from voiceai.config import Settings, load_settings
-from voiceai.supervisor import ServerProcess, spawn_server, wait_ready
+from voiceai.supervisor import ServerProcess, peak_rss_bytes, spawn_server, wait_ready
 
 FIXTURES = report.ROOT / "tests" / "fixtures" / "audio"
 CONCURRENCY = (1, 2, 4)
@@ -289,7 +289,7 @@ async def bench_nlu(settings: Settings, log_dir: Path, rounds: int) -> dict[str,
             out["grpc_total_ms"] = report.median(grpc_path)
             out["grpc_overhead_ratio"] = report.median(grpc_path) / report.median(in_proc) - 1
             out["peak_rss_mb"] = server.peak_rss_bytes() / 2**20
-            out["engine_peak_rss_mb"] = _peak_rss(engine._proc.pid) / 2**20 if engine._proc else 0.0
+            out["engine_peak_rss_mb"] = peak_rss_bytes(engine._proc.pid) / 2**20 if engine._proc else 0.0
         finally:
             await remote.aclose()
             await local.aclose()
@@ -297,16 +297,6 @@ async def bench_nlu(settings: Settings, log_dir: Path, rounds: int) -> dict[str,
     finally:
         await engine.stop()
     return out
-
-
-def _peak_rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 # ---- TTS --------------------------------------------------------------------------------------

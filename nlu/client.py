@@ -11,7 +11,7 @@ from nlu.generator import Generator
 from nlu.wire import event_from_proto, params_to_proto
 from voiceai.config import Settings
 from voiceai.nlu.v1 import nlu_pb2
-from voiceai.serving import MAX_MESSAGE_BYTES, error_from_rpc
+from voiceai.serving import error_from_rpc, message_size_options
 from voiceai.telemetry import inject_metadata
 
 GENERATE_METHOD = "/voiceai.nlu.v1.Nlu/Generate"
@@ -47,10 +47,7 @@ class GrpcLlmClient:
     def _stub(self) -> grpc.aio.UnaryStreamMultiCallable:
         # Created on first use: a grpc.aio channel belongs to the event loop that is running then.
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ])
+            self._channel = grpc.aio.insecure_channel(self.address, options=message_size_options())
         return self._channel.unary_stream(
             GENERATE_METHOD,
             request_serializer=nlu_pb2.GenerateRequest.SerializeToString,

@@ -19,7 +19,7 @@ from tts.engine import TtsEngine
 from tts.service import chunk_from_proto, request_to_proto, voice_from_proto
 from voiceai import telemetry
 from voiceai.config import Settings
-from voiceai.serving import MAX_MESSAGE_BYTES, error_from_rpc
+from voiceai.serving import error_from_rpc, message_size_options
 from voiceai.tts.v1 import tts_pb2, tts_pb2_grpc
 
 
@@ -60,10 +60,7 @@ class GrpcTtsClient:
     """Talks to a ``voiceai serve tts`` server."""
 
     def __init__(self, address: str, timeout_s: float | None = None) -> None:
-        self._channel = grpc.aio.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        self._channel = grpc.aio.insecure_channel(address, options=message_size_options())
         self._stub = tts_pb2_grpc.TtsStub(self._channel)
         self._timeout_s = timeout_s
 

@@ -43,6 +43,12 @@ LIVENESS_INTERVAL_S = 1.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+def message_size_options() -> list[tuple[str, int]]:
+    """gRPC channel/server options that raise the message size limit to ``MAX_MESSAGE_BYTES``."""
+    return [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+
+
 class ServiceError(Exception):
     """An error with a gRPC status; ``reason`` is a short metric label (e.g. ``bad_sample_rate``)."""
 
@@ -247,11 +253,7 @@ async def start_server(service: ModelService, cfg: ServerConfig) -> RunningServe
     from prometheus_client import start_http_server
 
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=[*message_size_options(), ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=cfg.max_concurrent_streams,
     )
     service.add_to_server(server)

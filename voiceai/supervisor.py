@@ -23,6 +23,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """High-water mark of a process's resident memory (VmHWM), children excluded; 0 if unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 @dataclass
 class ServerProcess:
     """A ``voiceai serve SERVICE`` child process."""
@@ -63,14 +74,8 @@ class ServerProcess:
                 self.kill()
 
     def peak_rss_bytes(self) -> int:
-        """High-water mark of the process's resident memory (VmHWM), children excluded."""
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
+        """High-water mark of the server's resident memory (children excluded)."""
+        return peak_rss_bytes(self.pid)
 
 
 def spawn_server(service: str, log_dir: Path, env: dict[str, str] | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import kb as kb_routes
 from gateway.calls_ws import serve_call
 from gateway.store import CallStore
 from media_bridge.clients import BridgeClients, make_bridge_clients
@@ -21,6 +23,40 @@ from voiceai.config import SERVICES, Settings
 
 STATIC = Path(__file__).with_name("static")
 ClientsFactory = Callable[[Settings], Awaitable[BridgeClients]]
+KbFactory = Callable[[Settings], Any]
+
+
+def make_knowledge_base(settings: Settings) -> Any:
+    """The gateway's knowledge base: ingestion through Celery when a broker is set, else in-process."""
+    from rag.rerank import make_reranker
+    from rag.service import KnowledgeBase
+
+    queue = None
+    if settings.kb.broker_url:
+        from workers.tasks import CeleryQueue
+
+        queue = CeleryQueue()
+    eng = settings.nlu.engine
+    reranker = make_reranker(settings.kb.rerank, settings.models_dir, eng.base_url, eng.model, eng.api_key)
+    return KnowledgeBase(settings.kb, settings.models_dir, reranker=reranker, queue=queue)
+
+
+class _UploadLimit:
+    """Refuses an oversized upload from its Content-Length, before the body is read or spooled."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/kb/documents":
+            length = dict(scope["headers"]).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > self.limit:
+                response = JSONResponse({"detail": f"upload of {int(length)} bytes; the limit is {self.limit} bytes"},
+                                        status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _service_health(address: str) -> str:
@@ -32,20 +68,28 @@ async def _service_health(address: str) -> str:
         return err.code().name
 
 
-def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge_clients) -> FastAPI:
-    """Builds the app; model clients are created in the lifespan and shared by every call."""
+def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge_clients,
+               kb_factory: KbFactory | None = make_knowledge_base) -> FastAPI:
+    """Builds the app; model clients and the knowledge base are created in the lifespan and shared."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.kb = await asyncio.to_thread(kb_factory, settings) if kb_factory else None
         app.state.clients = await clients_factory(settings)
+        app.state.clients.kb = app.state.kb
         app.state.store = CallStore()
         try:
             yield
         finally:
             await app.state.clients.aclose()
+            if app.state.kb is not None:
+                await asyncio.to_thread(app.state.kb.close)
 
     app = FastAPI(title="voiceai gateway", version="0.1.0", lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(kb_routes.router)
+    # Multipart framing adds a little to the file itself.
+    app.add_middleware(_UploadLimit, limit=settings.kb.max_upload_bytes + 64 * 1024)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

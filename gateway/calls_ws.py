@@ -16,6 +16,7 @@ from prometheus_client import Counter
 from gateway.store import CallRecord, CallStore
 from media_bridge.clients import BridgeClients
 from media_bridge.session import CallSession, TurnRecord
+from rag.store import TENANT_RE
 from voiceai.config import Settings
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, 
         rate = int(params.get("sample_rate_hz", "16000"))
     except ValueError:
         rate = -1
+    # The caller's tenant: from the call token once the platform's auth lands; a query parameter until then.
+    tenant = params.get("tenant") or settings.kb.default_tenant
+    if not TENANT_RE.match(tenant):
+        await ws.close(code=1008, reason="tenant must be 1-63 characters of a-z, 0-9, '-' or '_'")
+        return
     if language not in settings.asr.languages or rate not in SUPPORTED_RATES_HZ:
         await ws.close(code=1008, reason=f"language must be one of {settings.asr.languages}; sample_rate_hz "
                                          f"one of {SUPPORTED_RATES_HZ}")
@@ -71,7 +77,7 @@ async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, 
         record.turns.append(turn)
 
     session = CallSession(call_id, settings, clients, transport, language=language,
-                          greeting=params.get("greeting", "1") != "0", on_turn=on_turn)
+                          greeting=params.get("greeting", "1") != "0", on_turn=on_turn, tenant=tenant)
     runner = asyncio.create_task(session.run(), name=f"call-{call_id}")
     reader = asyncio.create_task(_read(ws, session, transport), name=f"call-{call_id}-reader")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from asr.api import AsrClient, VadClient
 from asr.client import make_asr_client, make_vad_client
@@ -29,6 +30,8 @@ class BridgeClients:
     fallback_tts: TtsClient
     # Circuit breakers per dependency, shared by every call using these clients (None: per call).
     breakers: dict[str, CircuitBreaker] | None = field(default=None)
+    # The knowledge base (rag.service.KnowledgeBase) replies are grounded in; None: no grounding.
+    kb: Any = None
 
     async def aclose(self) -> None:
         for client in (self.vad, self.asr, self.llm, self.tts, self.fallback_tts):

@@ -36,6 +36,7 @@ from media_bridge.resilience import CircuitBreaker
 from media_bridge.state import CallState, StateMachine
 from media_bridge.timeline import CallClock, TurnTimings
 from nlu.api import ChatMessage, GenerateParams, GenerationFinal, TextDelta
+from rag.answer import GroundedLlm
 from tts.chunker import PhraseChunker, split_phrases
 from voiceai.audio import MODEL_RATE_HZ, Pcm16Assembler, StreamResampler, float_to_pcm16
 from voiceai.config import Settings
@@ -74,8 +75,9 @@ class CallSession:
 
     def __init__(self, call_id: str, settings: Settings, clients: BridgeClients, transport: CallTransport,
                  language: str = "en", greeting: bool | None = None,
-                 on_turn: Callable[[TurnRecord], Awaitable[None] | None] | None = None) -> None:
+                 on_turn: Callable[[TurnRecord], Awaitable[None] | None] | None = None, tenant: str = "") -> None:
         self.call_id = call_id
+        self.tenant = tenant or settings.kb.default_tenant
         self.settings = settings
         self.cfg = settings.call
         self.clients = clients
@@ -461,7 +463,10 @@ class CallSession:
         params = GenerateParams(
             messages=(*history, ChatMessage("user", user_text)), language=self._turn_language,
             max_tokens=self.cfg.max_reply_tokens, timeout_ms=self.cfg.timeouts.llm_total_ms, call_id=self.call_id)
-        return LlmReply(user_text, self.clients.llm.generate(params), self.clock, self.breakers["llm"], self._spawn)
+        llm = self.clients.llm
+        if self.clients.kb is not None:  # retrieval runs inside the reply, so speculation covers it too
+            llm = GroundedLlm(llm, self.clients.kb, self.tenant)
+        return LlmReply(user_text, llm.generate(params), self.clock, self.breakers["llm"], self._spawn)
 
     def _stop_reply(self) -> None:
         """Cuts the reply in progress now: its task, its speaker and its LLM stream.

@@ -20,7 +20,9 @@ class Stack:
                  services: tuple[str, ...] = ("asr", "nlu", "tts")) -> None:
         self.log_dir = log_dir
         self.services = services
-        self.settings: Settings = load_settings(profile="cpu", env={}, overrides=overrides or {})
+        # The knowledge base lives with the logs: a test never writes into the checkout's data/.
+        self.settings: Settings = load_settings(profile="cpu", env={}, overrides={
+            "kb.data_dir": str(log_dir / "kb"), **(overrides or {})})
         self.servers: dict[str, ServerProcess] = {}
         self.port = free_port()
         self._uvicorn = None

@@ -200,7 +200,8 @@ def gateway(settings: Settings) -> Iterator[Gateway]:
                              llm=FakeScriptedLlm({"en": EN_REPLIES, "ar": AR_REPLIES}), tts=tts, fallback_tts=tts)
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, clients_factory=clients_factory), host="127.0.0.1",
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, clients_factory=clients_factory, kb_factory=None),
+                                           host="127.0.0.1",
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)
     thread.start()

@@ -6,6 +6,10 @@
     voiceai asr FILE.wav [--lang ar|en|auto] [--json]
     voiceai tts "TEXT" --lang en|ar --out FILE.wav [--voice ID]
     voiceai chat "TEXT" [--system PROMPT] [--json]
+    voiceai kb ingest PATH... --tenant T [--json]
+    voiceai kb search "QUERY" --tenant T [--json]
+    voiceai ask "QUESTION" --tenant T [--json]
+    voiceai worker                       # a Celery ingestion worker
 
 Global options (before the command): --config FILE, --profile cpu|gpu, --log-level LEVEL.
 Each client command talks to a running server when its address is configured
@@ -312,7 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser("protos", help="regenerate the gRPC stubs from protos/")
     dp.add_argument("--force", action="store_true")
     dp.set_defaults(func=cmd_dev_protos)
+
+    from voiceai import kb_cli
+
+    kb_cli.add_parsers(sub, _with_settings)
     return p
+
+
+def _with_settings(command: Any) -> Any:
+    """Adapts a `command(args, settings)` to the parser's `func(args)`, with human logging."""
+
+    def run(args: argparse.Namespace) -> int:
+        settings = _settings(args)
+        _setup_logging(settings, human=True)
+        return int(command(args, settings) or 0)
+
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,10 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # one clear line for people; the traceback is in DEBUG logs
+        from rag.embedding import ModelMissing
+        from rag.store import StoreBusy
         from voiceai.models import ModelMissingError
         from voiceai.serving import ServiceError
 
-        if isinstance(err, ServiceError | ModelMissingError | ValueError | FileNotFoundError | ImportError):
+        if isinstance(err, ServiceError | ModelMissingError | ModelMissing | StoreBusy | ValueError | FileNotFoundError
+                      | ImportError):
             print(f"voiceai: error: {err}", file=sys.stderr)
             return 2
         raise

@@ -15,6 +15,10 @@ VOICEAI_NLU_ADDRESS        host:port of a running NLU server
 VOICEAI_TTS_ADDRESS        host:port of a running TTS server
 VOICEAI_LLM_BASE_URL       OpenAI-compatible engine URL (vLLM), ending in /v1
 VOICEAI_LLM_API_KEY        bearer token for that engine
+VOICEAI_KB_DIR             knowledge-base data (registry, uploads, local vectors)
+VOICEAI_QDRANT_URL         Qdrant server (empty: qdrant-client local mode)
+VOICEAI_QDRANT_API_KEY     Qdrant API key
+VOICEAI_BROKER_URL         Celery broker for ingestion (empty: ingest in-process)
 =========================  =====================================================
 """
 
@@ -30,6 +34,7 @@ from pydantic import BaseModel, Field
 from asr.config import AsrConfig, VadConfig
 from media_bridge.config import CallConfig
 from nlu.config import NluConfig
+from rag.config import KbConfig
 from tts.config import TtsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +86,7 @@ class Settings(BaseModel):
     nlu: NluConfig = NluConfig()
     tts: TtsConfig = TtsConfig()
     call: CallConfig = CallConfig()
+    kb: KbConfig = KbConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +113,10 @@ _ENV_OVERRIDES = {
     "VOICEAI_OTLP_ENDPOINT": "telemetry.otlp_endpoint",
     "VOICEAI_LLM_BASE_URL": "nlu.engine.base_url",
     "VOICEAI_LLM_API_KEY": "nlu.engine.api_key",
+    "VOICEAI_KB_DIR": "kb.data_dir",
+    "VOICEAI_QDRANT_URL": "kb.store.url",
+    "VOICEAI_QDRANT_API_KEY": "kb.store.api_key",
+    "VOICEAI_BROKER_URL": "kb.broker_url",
     **{f"VOICEAI_{s.upper()}_ADDRESS": f"servers.{s}.address" for s in SERVICES},
 }
 

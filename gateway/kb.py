@@ -1,0 +1,102 @@
+"""REST for the knowledge base: upload, status, list, delete, search (``/v1/kb/...``).
+
+The tenant comes from the ``X-Tenant`` header for now; the platform's auth (tokens bound to a tenant
+and a role) replaces that dependency, and nothing else here changes. Every lookup is scoped by the
+tenant: another tenant's document id answers 404, exactly like an id that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from rag.service import KnowledgeBase, UploadRejected
+from rag.store import TENANT_RE
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/kb", tags=["knowledge base"])
+
+
+def _kb(request: Request) -> KnowledgeBase:
+    kb = getattr(request.app.state, "kb", None)
+    if kb is None:
+        raise HTTPException(503, "the knowledge base is not enabled on this gateway")
+    return kb
+
+
+def _tenant(x_tenant: str | None) -> str:
+    if not x_tenant:
+        raise HTTPException(401, "missing X-Tenant header")
+    if not TENANT_RE.match(x_tenant):
+        raise HTTPException(422, "X-Tenant must be 1-63 characters of a-z, 0-9, '-' or '_'")
+    return x_tenant
+
+
+TenantHeader = Annotated[str | None, Header(alias="X-Tenant")]
+
+
+@router.post("/documents", status_code=202)
+async def upload(request: Request, x_tenant: TenantHeader = None, file: Annotated[UploadFile | None, File()] = None,
+                 priority: Annotated[str, Form()] = "default") -> JSONResponse:
+    """Accepts one document (multipart field ``file``) and queues it: 202 with the task id."""
+    tenant = _tenant(x_tenant)
+    kb = _kb(request)
+    if file is None:
+        raise HTTPException(422, "send the document as the multipart field 'file'")
+    limit = kb.cfg.max_upload_bytes
+    if file.size is not None and file.size > limit:
+        raise HTTPException(413, f"{file.filename} is {file.size} bytes; the limit is {limit} bytes")
+    data = await file.read(limit + 1)
+    try:
+        submitted = await asyncio.to_thread(kb.submit, tenant, file.filename or "", data, priority)
+    except UploadRejected as err:
+        log.info("upload refused", extra={"tenant": tenant, "reason": err.reason})
+        raise HTTPException(err.status, str(err)) from err
+    doc = submitted.document
+    body = {"document_id": doc.id, "task_id": doc.task_id, "status": doc.status, "duplicate": submitted.duplicate,
+            "filename": doc.filename}
+    return JSONResponse(body, status_code=200 if submitted.duplicate else 202)
+
+
+@router.get("/documents")
+async def list_documents(request: Request, x_tenant: TenantHeader = None, status: str | None = None) -> dict[str, Any]:
+    tenant = _tenant(x_tenant)
+    docs = await asyncio.to_thread(_kb(request).list, tenant, status)
+    return {"documents": [d.as_json() for d in docs]}
+
+
+@router.get("/documents/{document_id}")
+async def get_document(request: Request, document_id: str, x_tenant: TenantHeader = None) -> dict[str, Any]:
+    tenant = _tenant(x_tenant)
+    doc = await asyncio.to_thread(_kb(request).get, tenant, document_id)
+    if doc is None:
+        raise HTTPException(404, "no such document")
+    return doc.as_json()
+
+
+@router.delete("/documents/{document_id}", status_code=204)
+async def delete_document(request: Request, document_id: str, x_tenant: TenantHeader = None) -> Response:
+    tenant = _tenant(x_tenant)
+    if not await asyncio.to_thread(_kb(request).delete, tenant, document_id):
+        raise HTTPException(404, "no such document")
+    return Response(status_code=204)
+
+
+class SearchBody(BaseModel):
+    query: str = Field(min_length=1, max_length=2000)
+    top_k: int = Field(3, ge=1, le=20)
+
+
+@router.post("/search")
+async def search(request: Request, body: SearchBody, x_tenant: TenantHeader = None) -> dict[str, Any]:
+    tenant = _tenant(x_tenant)
+    if not body.query.strip():
+        raise HTTPException(422, "query is blank")
+    result = await asyncio.to_thread(_kb(request).search, tenant, body.query, body.top_k)
+    return result.as_json()

@@ -1,0 +1,1 @@
+"""Knowledge base: document loading, Arabic-aware normalisation, chunking, embedding and retrieval."""

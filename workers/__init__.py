@@ -1,0 +1,1 @@
+"""Celery workers that ingest knowledge-base documents (queues ``ingest.high`` and ``ingest.default``)."""

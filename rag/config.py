@@ -66,9 +66,9 @@ class KbConfig(BaseModel):
     rrf_k: int = Field(10, ge=1, description="Reciprocal rank fusion constant (60 is usual; 10 measured better "
                                              "on benchmarks/kb, where one list is cross-lingual).")
     sparse_weight: float = Field(0.3, ge=0, le=4, description="Weight of the BM25 list in the fusion (dense: 1).")
-    min_score: float = Field(0.20, ge=-1, le=1, description="Best language-centred dense cosine a query needs "
-                                                           "to count as answerable (multilingual-e5 scale; the "
-                                                           "sweep in docs/BENCHMARKS.md shows the trade-off).")
+    min_score: float = Field(0.84, ge=-1, le=1, description="Best dense cosine a query needs to count as "
+                                                           "answerable (multilingual-e5 scale; the sweep in "
+                                                           "docs/BENCHMARKS.md shows the trade-off).")
     auto_retrieve: bool = Field(True, description="Retrieve on every caller turn (else only via the tool).")
     tool: bool = Field(True, description="Offer the LLM a search_kb tool.")
     default_tenant: str = Field("demo", description="Tenant of calls that name none.")

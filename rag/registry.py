@@ -107,9 +107,10 @@ class DocumentRegistry:
                     self._db.execute("COMMIT")
                     return DocumentRecord(**dict(row)), True
                 if row is not None:  # it failed before: try it again under the same id
+                    # created_at moves too: the retried upload is now the newest version of its name.
                     self._db.execute("UPDATE kb_documents SET status = 'queued', error = '', error_reason = '', "
-                                     "filename = ?, priority = ?, updated_at = ? WHERE id = ?",
-                                     (filename, priority, now, row["id"]))
+                                     "filename = ?, priority = ?, created_at = ?, updated_at = ? WHERE id = ?",
+                                     (filename, priority, now, now, row["id"]))
                     doc_id = row["id"]
                 else:
                     doc_id = uuid.uuid4().hex
@@ -152,10 +153,17 @@ class DocumentRegistry:
                              "WHERE tenant = ? AND id = ?", (time.time(), tenant, doc_id))
 
     def older_versions(self, tenant: str, filename: str, keep_id: str) -> builtins.list[DocumentRecord]:
-        """Other indexed documents of the same name: replaced when a new version is indexed."""
+        """Documents of the same name registered before ``keep_id``: replaced when it is indexed.
+
+        Only earlier ones: when v2 is uploaded while v1 is still queued, v1 finishing first must not
+        delete v2 (the queue may ingest them in either order; the newest upload is the one that stays).
+        """
         with self._lock:
-            rows = self._db.execute("SELECT * FROM kb_documents WHERE tenant = ? AND filename = ? AND id != ?",
-                                    (tenant, filename, keep_id)).fetchall()
+            rows = self._db.execute(
+                "SELECT o.* FROM kb_documents o JOIN kb_documents k ON k.tenant = o.tenant AND k.id = ? "
+                "WHERE o.tenant = ? AND o.filename = ? AND o.id != k.id "
+                "AND (o.created_at, o.rowid) < (k.created_at, k.rowid)",
+                (keep_id, tenant, filename)).fetchall()
         return [DocumentRecord(**dict(r)) for r in rows]
 
     def delete(self, tenant: str, doc_id: str) -> bool:

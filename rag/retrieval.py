@@ -53,7 +53,7 @@ class SearchResult:
     query: str
     hits: list[Hit]
     answerable: bool  # the best dense match clears kb.min_score
-    best_dense: float
+    best_dense: float  # the best plain cosine among the dense candidates
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -95,7 +95,7 @@ class Retriever:
                                           detect_language(query))
         t = lap("search", t)
         hits = self._fuse(dense, sparse)
-        best_dense = max((h.dense_score for h in hits if h.dense_score is not None), default=0.0)
+        best_dense = max((h.cosine for h in dense if h.cosine is not None), default=0.0)
         t = lap("fuse", t)
         if self.reranker is not None and hits:
             hits = hits[: self.cfg.rerank.max_candidates]

@@ -12,8 +12,8 @@ go in with ``state=pending`` under deterministic ids (a retry overwrites them), 
 are in does one ``set_payload`` flip them to ``indexed``. Searches see only indexed points: on a
 server through a payload-indexed filter, in local mode because its index holds only those.
 
-In local mode searches run on `rag.local_index.LocalIndex` (numpy, exact, same scores), rebuilt after
-this process writes: qdrant-client's local search scores sparse vectors in pure Python.
+In local mode searches run on `rag.local_index.LocalIndex` (numpy, exact, same scores), kept in step
+with this process's writes: qdrant-client's local search scores sparse vectors in pure Python.
 
 Local mode (``QdrantClient(path=...)``) is single-process: the folder is locked by the process that
 opens it. `voiceai up` therefore ingests in-process; separate Celery workers need the server.
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 DENSE = "dense"
 SPARSE = "sparse"
 _POINT_NS = uuid.UUID("6f1c1a52-33c9-4f0e-9d55-6a0e0d7c2b11")
-TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TENANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")  # \Z: "$" would let "tenant\n" through
 _UPSERT_BATCH = 256
 
 
@@ -74,8 +74,9 @@ class ChunkPoint:
 @dataclass(frozen=True, slots=True)
 class StoredHit:
     id: str
-    score: float
+    score: float  # what the list is ranked by
     payload: dict[str, Any]
+    cosine: float | None = None  # dense hits: the plain cosine similarity (the answerability signal)
 
 
 def point_id(tenant: str, document_id: str, index: int) -> str:
@@ -105,7 +106,10 @@ class QdrantStore:
         self.local = not cfg.url
         self._lock = threading.Lock()  # local mode is not thread-safe; a server client is, cheaply
         self._known: set[str] = set()
-        self._indexes: dict[str, LocalIndex] = {}  # local mode: per collection, dropped on every write
+        # Local mode: the search index per collection, kept in step with every write, and the
+        # vectors of documents written but not yet committed (added to the index at commit).
+        self._indexes: dict[str, LocalIndex] = {}
+        self._pending: dict[tuple[str, str], tuple[list[str], list[dict[str, Any]], np.ndarray, list[Any]]] = {}
         if cfg.url:
             self.client = QdrantClient(url=cfg.url, api_key=cfg.api_key or None, prefer_grpc=cfg.prefer_grpc,
                                        timeout=int(cfg.timeout_s))
@@ -159,14 +163,27 @@ class QdrantStore:
                       for i, c in enumerate(chunks)]
             for start in range(0, len(points), _UPSERT_BATCH):
                 self.client.upsert(name, points[start:start + _UPSERT_BATCH], wait=True)
-            self._indexes.pop(name, None)
+            if self.local:
+                ids = [str(p.id) for p in points]
+                payloads = [{**(p.payload or {}), "state": "indexed"} for p in points]
+                for doc in {c.document_id for c in chunks}:
+                    rows = [i for i, c in enumerate(chunks) if c.document_id == doc]
+                    self._pending[(name, doc)] = ([ids[i] for i in rows], [payloads[i] for i in rows], dense[rows],
+                                                  [(sparse[i].indices, sparse[i].values) for i in rows])
 
     def commit(self, tenant: str, document_id: str) -> None:
         """Phase two: the document's chunks become searchable, all at once."""
         with self._lock:
             name = self._ensure(tenant)
             self.client.set_payload(name, {"state": "indexed"}, points=_doc_filter(document_id), wait=True)
-            self._indexes.pop(name, None)
+            pending = self._pending.pop((name, document_id), None)
+            index = self._indexes.get(name)
+            if index is not None:
+                index.remove_document(document_id)  # a re-run of the same document replaces its rows
+                if pending is None:
+                    self._indexes.pop(name)  # written by an earlier process: read it all back next time
+                else:
+                    index.add(*pending)
 
     def delete_document(self, tenant: str, document_id: str) -> None:
         with self._lock:
@@ -174,7 +191,9 @@ class QdrantStore:
             if self.client.collection_exists(name):
                 self.client.delete(name, points_selector=qm.FilterSelector(filter=_doc_filter(document_id)),
                                    wait=True)
-            self._indexes.pop(name, None)
+            self._pending.pop((name, document_id), None)
+            if name in self._indexes:
+                self._indexes[name].remove_document(document_id)
 
     def count(self, tenant: str, document_id: str | None = None, state: str | None = None) -> int:
         must = []
@@ -214,8 +233,9 @@ class QdrantStore:
             return [], []
         self._known.add(name)
         responses = self.client.query_batch_points(name, requests)
-        lists = [self._visible(tenant, [StoredHit(str(p.id), float(p.score), p.payload or {}) for p in r.points],
-                               limit) for r in responses]
+        lists = [self._visible(tenant, [StoredHit(str(p.id), float(p.score), p.payload or {},
+                                                  float(p.score) if n == 0 else None) for p in r.points], limit)
+                 for n, r in enumerate(responses)]
         return lists[0], (lists[1] if len(lists) > 1 else [])
 
     def _search_local(self, name: str, tenant: str, dense: np.ndarray, sparse: SparseVector,
@@ -225,14 +245,15 @@ class QdrantStore:
             if index is None:
                 if not self.client.collection_exists(name):
                     return [], []
-                index = LocalIndex.build(self.client, name, DENSE, SPARSE, idf=self.sparse_kind == "bm25")
+                index = LocalIndex.build(self.client, name, DENSE, SPARSE, idf=self.sparse_kind == "bm25",
+                                         dim=self.dim)
                 self._indexes[name] = index
-
-        def hits(found: list[tuple[int, float]]) -> list[StoredHit]:
-            return self._visible(tenant, [StoredHit(index.ids[i], s, index.payloads[i]) for i, s in found], limit)
-
-        return (hits(index.dense_search(dense, language, limit)),
-                hits(index.sparse_search(sparse.indices, sparse.values, limit)) if len(sparse) else [])
+            # Under the lock: a commit appends to the same arrays (a search takes a millisecond or two).
+            dense_hits = [StoredHit(index.ids[i], s, index.payloads[i], cosine) for i, s, cosine
+                          in index.dense_search(dense, language, limit)]
+            sparse_hits = [StoredHit(index.ids[i], s, index.payloads[i]) for i, s
+                           in index.sparse_search(sparse.indices, sparse.values, limit)] if len(sparse) else []
+        return self._visible(tenant, dense_hits, limit), self._visible(tenant, sparse_hits, limit)
 
     @staticmethod
     def _visible(tenant: str, hits: Sequence[StoredHit], limit: int) -> list[StoredHit]:

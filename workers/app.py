@@ -14,7 +14,7 @@ behind a busy worker. There is no result backend: a document's state lives in th
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from voiceai.config import Settings, load_settings
 
@@ -26,9 +26,11 @@ def make_celery(settings: Settings) -> Celery:
     broker = settings.kb.broker_url or "redis://127.0.0.1:6379/0"
     app = Celery("voiceai", broker=broker, set_as_current=False)
     app.conf.update(
-        task_queues=[Queue(q) for q in QUEUES],
+        # Each queue bound by its own name: on RabbitMQ an unqualified Queue() would share one binding.
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         task_default_queue="ingest.default",
-        task_routes={INGEST_TASK: {"queue": "ingest.default"}},
+        task_default_exchange="ingest.default",
+        task_default_routing_key="ingest.default",
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

@@ -100,3 +100,21 @@ async def search(request: Request, body: SearchBody, x_tenant: TenantHeader = No
         raise HTTPException(422, "query is blank")
     result = await asyncio.to_thread(_kb(request).search, tenant, body.query, body.top_k)
     return result.as_json()
+
+
+class AskBody(BaseModel):
+    question: str = Field(min_length=1, max_length=2000)
+    language: str | None = Field(None, pattern="^(ar|en)$")
+    max_tokens: int = Field(160, ge=1, le=1024)
+
+
+@router.post("/ask")
+async def ask(request: Request, body: AskBody, x_tenant: TenantHeader = None) -> dict[str, Any]:
+    """The grounded answer the bot would give (`voiceai ask`), with its sources and passages."""
+    from rag.answer import answer_question
+
+    tenant = _tenant(x_tenant)
+    if not body.question.strip():
+        raise HTTPException(422, "question is blank")
+    return await answer_question(request.app.state.clients.llm, _kb(request), tenant, body.question,
+                                 language=body.language, max_tokens=body.max_tokens)

@@ -18,8 +18,10 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -171,3 +173,27 @@ def _tool_query(result: ToolCallResult) -> str:
         return ""
     query = args.get("query") if isinstance(args, dict) else None
     return query.strip() if isinstance(query, str) else ""
+
+
+async def answer_question(llm: LlmClient, kb: KnowledgeBase, tenant: str, question: str, *,
+                          language: str | None = None, max_tokens: int = 160) -> dict[str, Any]:
+    """One grounded answer as `voiceai ask` and ``POST /v1/kb/ask`` return it."""
+    from rag.normalize import detect_language
+
+    language = language or detect_language(question)
+    grounded = GroundedLlm(llm, kb, tenant, always_question=True)
+    started = time.perf_counter()
+    answer, sources = "", []
+    params = GenerateParams(messages=(ChatMessage("user", question),), language=language, max_tokens=max_tokens)
+    async for event in grounded.generate(params):
+        if isinstance(event, TextDelta):
+            answer += event.text
+        elif isinstance(event, GenerationFinal):
+            answer = event.message.content or answer
+            sources = list(event.sources)
+    result = grounded.last.result
+    return {"question": question, "tenant": tenant, "language": language, "answer": answer.strip(),
+            "sources": sources, "declined": grounded.last.declined,
+            "passages": [h.as_json() for h in result.hits] if result and not grounded.last.declined else [],
+            "retrieval_ms": result.timings_ms if result else {},
+            "total_ms": round((time.perf_counter() - started) * 1000, 1)}

@@ -162,3 +162,31 @@ async def test_search_kb_tool_is_answered_in_a_second_round(kb: KnowledgeBase) -
 def test_looks_like_question(text: str, expected: bool) -> None:
     assert looks_like_question(text) is expected
 
+
+
+def test_ask_endpoint_and_its_errors(kb: KnowledgeBase) -> None:
+    """POST /v1/kb/ask: the answer, its sources and passages; declines; tenant and body checks."""
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from gateway.kb import router
+
+    app = FastAPI()
+    app.include_router(router)
+    app.state.kb = kb
+    app.state.clients = SimpleNamespace(llm=FakeLlmClient(default="A replacement card costs AED 50."))
+    with TestClient(app) as http:
+        ok = http.post("/v1/kb/ask", json={"question": "How much does a replacement card cost?"},
+                       headers={"X-Tenant": "bank"})
+        assert ok.status_code == 200
+        body = ok.json()
+        assert body["answer"] == "A replacement card costs AED 50." and body["sources"][0] == "cards.md"
+        assert body["passages"][0]["document"] == "cards.md" and body["declined"] is False
+        declined = http.post("/v1/kb/ask", json={"question": "ما هو سعر الذهب اليوم؟"}, headers={"X-Tenant": "bank"})
+        assert declined.json()["answer"] == DECLINE["ar"] and declined.json()["declined"] is True
+        assert http.post("/v1/kb/ask", json={"question": "hi"}).status_code == 401
+        assert http.post("/v1/kb/ask", json={"question": "  "}, headers={"X-Tenant": "bank"}).status_code == 422
+        assert http.post("/v1/kb/ask", json={"question": "x", "language": "fr"},
+                         headers={"X-Tenant": "bank"}).status_code == 422

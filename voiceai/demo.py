@@ -2,7 +2,9 @@
 
 Starts what `voiceai up` starts (ASR, NLU and TTS servers on loopback, the gateway), then runs a
 two-turn English call and an Arabic call with `voiceai call`'s simulated caller, prints each turn
-and saves the bot's audio, and stops everything.
+and saves the bot's audio, uploads the sample bank's documents (benchmarks/kb/corpus/gulfbank,
+Arabic and English) to the knowledge base through the gateway's REST API and searches them across
+languages, and stops everything.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ from pathlib import Path
 from voiceai.config import Settings
 from voiceai.supervisor import free_port
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "audio"
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "audio"
+KB_TENANT = "gulfbank"
+KB_DOCS = ROOT / "benchmarks" / "kb" / "corpus" / KB_TENANT
+KB_QUESTIONS = ["How do I block my card if it is stolen?", "ما هي رسوم التحويل الدولي؟"]
 CALLS = {
     "en": ["en_balance.wav", "en_order.wav"],
     "ar": ["ar_agent.wav"],
@@ -58,8 +64,36 @@ async def run_demo(settings: Settings, out_dir: Path) -> None:
             result = await simulate_call(url, turns, language, out_dir=out_dir / language)
             _print_call(language, result)
             print(f"        bot audio saved to {out_dir / language / 'bot.wav'}", flush=True)
+        await _knowledge_base(url)
         print(f"\nThe web page is at {url}/ while the stack runs: `voiceai up` keeps it running.", flush=True)
     finally:
         stop.set()
         with contextlib.suppress(Exception):
             await stack
+
+
+async def _knowledge_base(url: str) -> None:
+    """Uploads the sample documents (a no-op when already there) and asks across languages."""
+    import httpx
+
+    print(f"\n--- Knowledge base: tenant {KB_TENANT}, documents from {KB_DOCS}", flush=True)
+    async with httpx.AsyncClient(base_url=url, headers={"X-Tenant": KB_TENANT}, timeout=60) as http:
+        ids = []
+        for path in sorted(KB_DOCS.iterdir()):
+            resp = await http.post("/v1/kb/documents", files={"file": (path.name, path.read_bytes())})
+            resp.raise_for_status()
+            ids.append(resp.json()["document_id"])
+        for doc_id in ids:
+            for _ in range(1200):  # ten minutes at most
+                doc = (await http.get(f"/v1/kb/documents/{doc_id}")).json()
+                if doc["status"] not in ("queued", "processing"):
+                    break
+                await asyncio.sleep(0.5)
+            print(f"{doc['status']:<8} {doc['filename']:<36} {doc['language']}  {doc['chunks']} chunks", flush=True)
+        for question in KB_QUESTIONS:
+            found = (await http.post("/v1/kb/search", json={"query": question, "top_k": 2})).json()
+            print(f"\nsearch: {question}", flush=True)
+            for hit in found["results"]:
+                print(f"  [{hit['score']:.3f}] {hit['document']} > {hit['section']}: {hit['text'][:90]}...", flush=True)
+        answer = (await http.post("/v1/kb/ask", json={"question": KB_QUESTIONS[0]}, timeout=120)).json()
+        print(f"\nask: {KB_QUESTIONS[0]}\n  {answer['answer']}\n  sources: {', '.join(answer['sources'])}", flush=True)

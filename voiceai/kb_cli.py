@@ -172,12 +172,24 @@ def cmd_kb_search(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _http(tenant: str) -> Any:
+    import httpx
+
+    return httpx.Client(base_url=_gateway(), headers={"X-Tenant": tenant}, timeout=60)
+
+
 def cmd_kb_list(args: argparse.Namespace, settings: Settings) -> int:
-    kb = open_kb(settings, deferred=True)
-    try:
-        docs = [d.as_json() for d in kb.list(args.tenant)]
-    finally:
-        kb.close()
+    if _gateway():
+        with _http(args.tenant) as http:
+            resp = http.get("/v1/kb/documents")
+            resp.raise_for_status()
+            docs = resp.json()["documents"]
+    else:
+        kb = open_kb(settings, deferred=True)
+        try:
+            docs = [d.as_json() for d in kb.list(args.tenant)]
+        finally:
+            kb.close()
     if args.json:
         print(json.dumps({"documents": docs}, ensure_ascii=False, indent=2))
     for d in [] if args.json else docs:
@@ -186,51 +198,31 @@ def cmd_kb_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_kb_delete(args: argparse.Namespace, settings: Settings) -> int:
-    kb = open_kb(settings, deferred=True)
-    try:
-        ok = kb.delete(args.tenant, args.document_id)
-    finally:
-        kb.close()
+    if _gateway():
+        with _http(args.tenant) as http:
+            ok = http.delete(f"/v1/kb/documents/{args.document_id}").status_code == 204
+    else:
+        kb = open_kb(settings, deferred=True)
+        try:
+            ok = kb.delete(args.tenant, args.document_id)
+        finally:
+            kb.close()
     print("deleted" if ok else f"no document {args.document_id} for tenant {args.tenant}",
           file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
 
 def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
-    from nlu.api import ChatMessage, GenerateParams, GenerationFinal, TextDelta
-    from nlu.client import make_llm_client
-    from rag.answer import GroundedLlm
-    from rag.normalize import detect_language
+    if _gateway():
+        import httpx
 
-    language = args.lang or detect_language(args.question)
-
-    async def run(kb: Any) -> dict[str, Any]:
-        llm = make_llm_client(settings)
-        grounded = GroundedLlm(llm, kb, args.tenant, always_question=True)
-        answer, sources, started = "", [], time.perf_counter()
-        try:
-            params = GenerateParams(messages=(ChatMessage("user", args.question),), language=language,
-                                    max_tokens=args.max_tokens)
-            async for event in grounded.generate(params):
-                if isinstance(event, TextDelta):
-                    answer += event.text
-                elif isinstance(event, GenerationFinal):
-                    answer = event.message.content or answer
-                    sources = list(event.sources)
-        finally:
-            await llm.aclose()
-        result = grounded.last.result
-        return {"question": args.question, "tenant": args.tenant, "language": language, "answer": answer.strip(),
-                "sources": sources, "declined": grounded.last.declined,
-                "passages": [h.as_json() for h in result.hits] if result and not grounded.last.declined else [],
-                "retrieval_ms": result.timings_ms if result else {},
-                "total_ms": round((time.perf_counter() - started) * 1000, 1)}
-
-    kb = open_kb(settings)
-    try:
-        out = asyncio.run(run(kb))
-    finally:
-        kb.close()
+        resp = httpx.post(f"{_gateway()}/v1/kb/ask", json={"question": args.question, "language": args.lang,
+                                                           "max_tokens": args.max_tokens},
+                          headers={"X-Tenant": args.tenant}, timeout=300)
+        resp.raise_for_status()
+        out = resp.json()
+    else:
+        out = _ask_local(args, settings)
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))
     else:
@@ -238,6 +230,25 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
         if out["sources"]:
             print(f"\nsources: {', '.join(out['sources'])}", file=sys.stderr)
     return 0
+
+
+def _ask_local(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from nlu.client import make_llm_client
+    from rag.answer import answer_question
+
+    async def run(kb: Any) -> dict[str, Any]:
+        llm = make_llm_client(settings)
+        try:
+            return await answer_question(llm, kb, args.tenant, args.question, language=args.lang,
+                                         max_tokens=args.max_tokens)
+        finally:
+            await llm.aclose()
+
+    kb = open_kb(settings)
+    try:
+        return asyncio.run(run(kb))
+    finally:
+        kb.close()
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:

@@ -161,6 +161,7 @@ def bench_latency(tmp: Path, n_chunks: int = 10_000, rounds: int = 3) -> dict[st
         ingest_corpus(kb)
         total = _synthetic(kb, n_chunks)
         t = time.perf_counter()
+        kb.store._indexes.clear()  # what a process that opens this store finds: no index yet
         kb.search(TENANT, "warm up the index")
         build_ms = (time.perf_counter() - t) * 1000
         stages: dict[str, list[float]] = {"embed": [], "search": [], "fuse": [], "total": []}
@@ -219,7 +220,9 @@ def bench_rerank(tmp: Path, candidates: int = 5) -> dict[str, Any]:
 
     settings = load_settings(profile="cpu", env={})
     eng = settings.nlu.engine
-    engine = LlamaCppEngine(eng.launch, settings.models_dir, eng.model)  # what the NLU server would start
+    # The NLU server's engine, with log-probs on (and a context that keeps their RAM in bounds).
+    launch = eng.launch.model_copy(update={"logits_all": True, "n_ctx": 1024})
+    engine = LlamaCppEngine(launch, settings.models_dir, eng.model)
     kb = _kb(tmp / "rerank")
     try:
         ingest_corpus(kb)
@@ -270,8 +273,9 @@ def markdown(r: dict[str, Any]) -> str:
                      "(local mode, numpy index)\n")
         parts.append(report.table(["stage", "p50 ms", "p95 ms"],
                                   [[k, lat[k]["p50"], lat[k]["p95"]] for k in ("embed", "search", "fuse", "total")]))
-        parts.append(f"\nTarget: embed + search + fuse p50 under 50 ms. Rebuilding the tenant's index after a write: "
-                     f"{lat['index_build_ms']:.0f} ms. Process peak RSS {lat['peak_rss_mb']:.0f} MB.\n")
+        parts.append(f"\nTarget: embed + search + fuse p50 under 50 ms. Reading the tenant's 10k chunks back into "
+                     f"the search index when a process first searches it: {lat['index_build_ms']:.0f} ms; later "
+                     f"writes update it in place. Process peak RSS {lat['peak_rss_mb']:.0f} MB.\n")
     if "ingest" in r:
         ing = r["ingest"]
         parts.append("### Ingestion throughput (in-process, one document at a time, e5 on 2 CPU cores)\n")

@@ -33,6 +33,9 @@ class LlamaCppLaunch(BaseModel):
         512 * 1024 * 1024, ge=0, description="KV budget of that cache, in bytes (logit copies not counted)."
     )
     log_dir: str = Field("", description="Folder for the engine's log file; empty: the system temp folder.")
+    logits_all: bool = Field(False, description="Keep every position's logits (llama-cpp-python needs it to "
+                                                "return log-probs, which the LLM-judge reranker reads); costs "
+                                                "n_ctx x vocabulary floats of RAM.")
 
 
 class EngineConfig(BaseModel):

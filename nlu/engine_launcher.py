@@ -99,7 +99,7 @@ class LlamaCppEngine:
             "--n_threads", str(lc.n_threads),
             "--n_threads_batch", str(lc.n_threads),
             "--interrupt_requests", "false",
-            "--logits_all", "false",
+            "--logits_all", "true" if lc.logits_all else "false",
             "--cache", "true" if lc.prompt_cache else "false",
             "--cache_size", str(lc.prompt_cache_bytes),
         ]

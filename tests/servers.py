@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from voiceai.supervisor import ServerProcess, free_port, spawn_server, wait_ready
 
-__all__ = ["ServerProcess", "free_port", "running_server", "start_server", "wait_for"]
+__all__ = ["ServerProcess", "free_port", "running_server", "start_server", "wait_for", "wait_until"]
 
 
 def start_server(service: str, tmp_path: Path, env: dict[str, str] | None = None,
@@ -40,3 +42,18 @@ def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05) -> bo
             return True
         time.sleep(interval_s)
     return False
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], what: str, timeout_s: float = 60) -> T:
+    """Polls until `check` returns something truthy; fails after `timeout_s` saying what it waited for."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.05)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -28,6 +27,7 @@ from rag.sparse import bm25_query
 from rag.store import ChunkPoint, check_tenant
 from tests import kb_docs
 from tests.fakes import FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient
+from tests.servers import wait_until
 from voiceai import cli
 from voiceai.config import Settings, load_settings
 
@@ -37,21 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "benchmarks" / "kb" / "corpus"
 QUESTIONS = {q["id"]: q for q in json.loads((REPO / "benchmarks" / "kb" / "questions.json").read_text())}
 MAX_UPLOAD_BYTES = 256 * 1024  # the corpus documents are under 10 KB; keeps the over-size uploads small
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], what: str, timeout_s: float = 60) -> T:
-    """Polls until `check` returns something truthy; fails after `timeout_s` saying what it waited for."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 class HeldQueue:
     """An `IngestQueue` that only records: the test decides when, and in what order, documents are processed."""
 
@@ -433,7 +418,7 @@ def wait_until_done(client: TestClient, tenant: str, doc_id: str) -> dict[str, A
         body = resp.json()
         return body if body["status"] in ("indexed", "failed") else None
 
-    return wait_for(done, f"document {doc_id} to be indexed or failed")
+    return wait_until(done, f"document {doc_id} to be indexed or failed")
 
 
 def test_rest_arabic_document_upload_status_list_search_delete(client: TestClient) -> None:

@@ -17,9 +17,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -30,6 +30,7 @@ from celery.signals import task_prerun
 from rag.service import KnowledgeBase
 from rag.store import QdrantStore
 from tests import kb_docs
+from tests.servers import wait_until
 from voiceai.config import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,21 +38,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
 BROKER_URL = "redis://127.0.0.1:6379/15"
 VISIBILITY_TIMEOUT_S = 5
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T], what: str, timeout_s: float) -> T:
-    """Polls until `check` returns something truthy; fails after `timeout_s` saying what it waited for."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def broker() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(BROKER_URL)
@@ -136,7 +122,7 @@ def test_worker_ingests_from_both_queues_and_a_bad_document_does_not_block(
     task_prerun.connect(on_prerun, weak=False)
     try:
         with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
-            wait_for(lambda: all(kb.get(tenant, i).status in ("indexed", "failed") for i in ids),  # type: ignore[union-attr]
+            wait_until(lambda: all(kb.get(tenant, i).status in ("indexed", "failed") for i in ids),  # type: ignore[union-attr]
                      "the worker to finish all three documents", timeout_s=120)
     finally:
         task_prerun.disconnect(on_prerun)
@@ -233,7 +219,7 @@ def test_a_worker_killed_mid_document_is_redelivered_and_indexes_it_once(
 
         first = WorkerProcess(env, tmp_path / "worker1.log", "kb-first")
         try:
-            wait_for(lambda: first.alive() and status() == "processing", "the first worker to start the document",
+            wait_until(lambda: first.alive() and status() == "processing", "the first worker to start the document",
                      timeout_s=120)
             time.sleep(1.0)  # into the embedding; a kill anywhere before the commit must leave nothing indexed
         finally:
@@ -256,7 +242,7 @@ def test_a_worker_killed_mid_document_is_redelivered_and_indexes_it_once(
         time.sleep(max(0.0, killed_at + VISIBILITY_TIMEOUT_S + 1 - time.monotonic()))
         second = WorkerProcess(env, tmp_path / "worker2.log", "kb-second")
         try:
-            wait_for(lambda: second.alive() and status() in ("indexed", "failed"),
+            wait_until(lambda: second.alive() and status() in ("indexed", "failed"),
                      "the redelivered document to be indexed by the second worker", timeout_s=180)
         finally:
             exit_code = second.stop(signal.SIGTERM)  # warm shutdown; killed if it does not stop in time

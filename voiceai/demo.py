@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "audio"
 KB_TENANT = "gulfbank"
 KB_DOCS = ROOT / "benchmarks" / "kb" / "corpus" / KB_TENANT
-KB_QUESTIONS = ["How do I block my card if it is stolen?", "ما هي رسوم التحويل الدولي؟"]
+KB_QUESTIONS = ["How do I block my card if it is stolen?", "كم رسوم الحوالة الدولية إذا سويتها من التطبيق؟"]
 CALLS = {
     "en": ["en_balance.wav", "en_order.wav"],
     "ar": ["ar_agent.wav"],
@@ -91,7 +91,7 @@ async def _knowledge_base(url: str) -> None:
                 await asyncio.sleep(0.5)
             print(f"{doc['status']:<8} {doc['filename']:<36} {doc['language']}  {doc['chunks']} chunks", flush=True)
         for question in KB_QUESTIONS:
-            found = (await http.post("/v1/kb/search", json={"query": question, "top_k": 2})).json()
+            found = (await http.post("/v1/kb/search", json={"query": question, "top_k": 3})).json()
             print(f"\nsearch: {question}", flush=True)
             for hit in found["results"]:
                 print(f"  [{hit['score']:.3f}] {hit['document']} > {hit['section']}: {hit['text'][:90]}...", flush=True)

@@ -19,6 +19,10 @@ VOICEAI_KB_DIR             knowledge-base data (registry, uploads, local vectors
 VOICEAI_QDRANT_URL         Qdrant server (empty: qdrant-client local mode)
 VOICEAI_QDRANT_API_KEY     Qdrant API key
 VOICEAI_BROKER_URL         Celery broker for ingestion (empty: ingest in-process)
+VOICEAI_DATABASE_URL       the application's database (empty: embedded SQLite)
+VOICEAI_DATABASE_ADMIN_URL the owner role's database URL (migrations, tenant create)
+VOICEAI_REDIS_URL          Redis for rate limits
+VOICEAI_API_KEY_PEPPER     HMAC key for API-key hashes
 =========================  =====================================================
 """
 
@@ -32,10 +36,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from asr.config import AsrConfig, VadConfig
+from gateway.auth.config import AuthConfig
 from media_bridge.config import CallConfig
 from nlu.config import NluConfig
 from rag.config import KbConfig
 from tts.config import TtsConfig
+from voiceai.db.config import DbConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = Path(__file__).with_name("profiles")
@@ -87,6 +93,8 @@ class Settings(BaseModel):
     tts: TtsConfig = TtsConfig()
     call: CallConfig = CallConfig()
     kb: KbConfig = KbConfig()
+    db: DbConfig = DbConfig()
+    auth: AuthConfig = AuthConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +125,10 @@ _ENV_OVERRIDES = {
     "VOICEAI_QDRANT_URL": "kb.store.url",
     "VOICEAI_QDRANT_API_KEY": "kb.store.api_key",
     "VOICEAI_BROKER_URL": "kb.broker_url",
+    "VOICEAI_DATABASE_URL": "db.url",
+    "VOICEAI_DATABASE_ADMIN_URL": "db.admin_url",
+    "VOICEAI_REDIS_URL": "auth.rate_limit.redis_url",
+    "VOICEAI_API_KEY_PEPPER": "auth.api_key_pepper",
     **{f"VOICEAI_{s.upper()}_ADDRESS": f"servers.{s}.address" for s in SERVICES},
 }
 

@@ -1,0 +1,1 @@
+"""The platform data layer: tables, engines and tenant-scoped sessions, migrations."""

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-__all__ = ["ALL", "PiiKind", "PiiMatch", "RedactStyle", "contains_pii", "find_pii", "redact", "redact_obj"]
+__all__ = ["ALL", "Kinds", "PiiKind", "PiiMatch", "RedactStyle", "contains_pii", "find_pii", "redact", "redact_obj"]
 
 
 class PiiKind(StrEnum):
@@ -79,10 +79,11 @@ ALL: frozenset[PiiKind] = frozenset(PiiKind)
 """Every kind: the default for every function here."""
 
 RedactStyle = Literal["tag", "mask"]
+Kinds = Collection[PiiKind] | PiiKind
+"""Which kinds to look for: a collection, or one kind on its own."""
 
 # Overlaps are resolved in this order; the most specific shape first.
 _PRIORITY: tuple[PiiKind, ...] = (PiiKind.EMAIL, PiiKind.IBAN, PiiKind.CARD, PiiKind.EMIRATES_ID, PiiKind.PHONE)
-_RANK = {kind: rank for rank, kind in enumerate(_PRIORITY)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +98,9 @@ class PiiMatch:
 
 # ---- digits --------------------------------------------------------------------------------------
 
-_TO_ASCII_DIGITS = str.maketrans("٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹", "0123456789" * 2)
-_NON_ASCII_DIGIT = re.compile("[\u0660-\u0669\u06f0-\u06f9]")
+_ARABIC_DIGITS = "٠١٢٣٤٥٦٧٨٩۰۱۲۳۴۵۶۷۸۹"
+_TO_ASCII_DIGITS = str.maketrans(_ARABIC_DIGITS, "0123456789" * 2)
+_ARABIC_DIGIT_RUN = re.compile(f"[{_ARABIC_DIGITS}]+")
 _NOT_DIGIT = re.compile("[^0-9]")
 # Nothing here matches text without a digit or an '@': the common log line is rejected in one scan.
 _TRIGGER = re.compile("[0-9@]")
@@ -129,12 +131,14 @@ def _luhn_ok(digits: str) -> bool:
 
 # ---- phones --------------------------------------------------------------------------------------
 
+# Each numeric pattern opens with a lookahead on its first character: re then skips ahead with a
+# fast character scan instead of trying the guards at every position (3-4x faster on prose).
 _PHONE = re.compile(
-    rf"""{_NUM_START}
+    rf"""(?=[0-9+%(]){_NUM_START}
     (?:
         (?:{_PLUS}{_S}?|00{_S}?)971{_S}?(?:\(0\){_S}?|0{_S}?)?[1-9](?:{_S}?[0-9]){{7,8}}   # +971 / 00971
       | 971{_S}?5[0-9](?:{_S}?[0-9]){{7}}                                                 # 9715X, no plus
-      | 05{_S}?[0-9](?:{_S}?[0-9]){{7}}                                                   # 05X mobile
+      | 0{_S}?5{_S}?[0-9](?:{_S}?[0-9]){{7}}                                              # 05X mobile
       | (?:0[2-9]|\(0[2-9]\)){_S}?[0-9]{{3}}{_S}?[0-9]{{4}}                               # landline
       | {_PLUS}{_S}?[1-9](?:{_PS}[0-9]){{7,14}}                                           # any country
     ){_NUM_END}""",
@@ -149,7 +153,7 @@ def _phone_span(m: re.Match[str], text: str) -> tuple[int, int] | None:
 # ---- payment cards -------------------------------------------------------------------------------
 
 _CARD = re.compile(
-    rf"""{_NUM_START}
+    rf"""(?=[2-9]){_NUM_START}
     (?:
         [2-9][0-9]{{3}}(?:{_S}[0-9]{{4}}){{2,3}}(?:{_S}[0-9]{{1,3}})?   # in fours
       | [2-9][0-9]{{3}}{_S}[0-9]{{6}}{_S}[0-9]{{4,5}}                  # 4-6-5 Amex, 4-6-4 Diners
@@ -180,7 +184,7 @@ def _card_span(m: re.Match[str], text: str) -> tuple[int, int] | None:
 
 # ---- Emirates ID ---------------------------------------------------------------------------------
 
-_EMIRATES_ID = re.compile(f"{_NUM_START}784(?:{_S}?[0-9]){{12}}{_NUM_END}")
+_EMIRATES_ID = re.compile(f"(?=7){_NUM_START}784(?:{_S}?[0-9]){{12}}{_NUM_END}")
 _EMIRATES_ID_PRINTED = re.compile(f"784{_S}[0-9]{{4}}{_S}[0-9]{{7}}{_S}[0-9]")
 
 
@@ -209,9 +213,11 @@ _IBAN_LENGTHS: dict[str, int] = {
     "PM": 27, "WF": 27, "IM": 22, "JE": 22, "GG": 22, "AX": 18,
 }  # fmt: skip
 _IS = "[ \\-\u00a0\u2009\u202f]"
-# Greedy on purpose: the validator cuts the candidate to the country's length, or trims trailing
-# groups for unregistered codes, so "AE07 0331 2345 6789 0123 456 and more" still yields the IBAN.
-_IBAN = re.compile(f"(?<![A-Za-z0-9])[A-Za-z]{{2}}[0-9]{{2}}(?:{_IS}?[A-Za-z0-9]){{11,30}}")
+# The match starts at the check digits, the country code is checked behind them: anchoring on a digit
+# lets re skip through prose quickly, where a leading [A-Za-z] would stop at every letter. Greedy on
+# purpose: the validator cuts the candidate to the country's length, or trims trailing groups for
+# unregistered codes, so "AE07 0331 2345 6789 0123 456 and more" still yields the IBAN.
+_IBAN = re.compile(f"[0-9](?<=[A-Za-z]{{2}}[0-9])(?<![A-Za-z0-9][A-Za-z]{{2}}[0-9])[0-9](?:{_IS}?[A-Za-z0-9]){{11,30}}")
 _IBAN_SEPARATORS = re.compile(_IS)
 _ALNUM_ASCII = re.compile("[A-Za-z0-9]")
 _LETTER_VALUES = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
@@ -225,8 +231,8 @@ def _iban_ok(compact: str) -> bool:
 
 
 def _iban_span(m: re.Match[str], text: str) -> tuple[int, int] | None:
-    candidate = m.group()
-    start = m.start()
+    start = m.start() - 2  # the country code, behind the match
+    candidate = text[start : m.end()]
     length = _IBAN_LENGTHS.get(candidate[:2].upper())
     if length is not None:
         chars = list(_ALNUM_ASCII.finditer(candidate, 0))
@@ -237,15 +243,16 @@ def _iban_span(m: re.Match[str], text: str) -> tuple[int, int] | None:
             return None  # longer than this country's IBANs: some other code
         compact = "".join(c.group() for c in chars[:length]).upper()
         return (start, end) if _iban_ok(compact) else None
-    if not candidate.isupper():
+    if not candidate[:2].isupper():
         return None
-    # Unregistered country: try the whole candidate, then without each trailing group.
+    # Unregistered country: try the whole candidate, then without each trailing group, so that
+    # "XY39 1234 5678 9012 34 and more" still yields the IBAN; lower-case groups are words, not BBAN.
     cuts = [len(candidate)] + [s.start() for s in reversed(list(_IBAN_SEPARATORS.finditer(candidate)))]
     for cut in cuts:
         compact = _IBAN_SEPARATORS.sub("", candidate[:cut])
         if len(compact) < 15:
             break
-        if len(compact) <= 34 and not _ALNUM_ASCII.match(text, start + cut) and _iban_ok(compact):
+        if len(compact) <= 34 and compact.isupper() and not _ALNUM_ASCII.match(text, start + cut) and _iban_ok(compact):
             return start, start + cut
     return None
 
@@ -273,6 +280,10 @@ _FINDERS: dict[PiiKind, tuple[re.Pattern[str], _Validator]] = {
 }
 
 
+# A kind is skipped outright when its needle is absent (a C substring search, far cheaper than a pass).
+_NEEDLES = {PiiKind.EMAIL: "@", PiiKind.EMIRATES_ID: "784"}
+
+
 def _spans(kind: PiiKind, text: str) -> Iterator[tuple[int, int]]:
     """Valid spans of one kind in ASCII-digit text, left to right, not overlapping each other.
 
@@ -280,6 +291,9 @@ def _spans(kind: PiiKind, text: str) -> Iterator[tuple[int, int]]:
     "050 123 4567 4111 1111 1111 1111" still finds the card after the failed "4567 4111 1111 1111".
     The start guards keep retries off the middle of a number, so this stays linear in practice.
     """
+    needle = _NEEDLES.get(kind)
+    if needle is not None and needle not in text:
+        return
     pattern, validate = _FINDERS[kind]
     pos = 0
     while (m := pattern.search(text, pos)) is not None:
@@ -291,7 +305,7 @@ def _spans(kind: PiiKind, text: str) -> Iterator[tuple[int, int]]:
             pos = span[1]
 
 
-def _wanted(kinds: Collection[PiiKind]) -> tuple[PiiKind, ...]:
+def _wanted(kinds: Kinds) -> tuple[PiiKind, ...]:
     """The requested kinds in priority order; a single kind (or its name) may be passed bare."""
     if kinds is ALL:
         return _PRIORITY
@@ -300,10 +314,17 @@ def _wanted(kinds: Collection[PiiKind]) -> tuple[PiiKind, ...]:
 
 
 def _ascii_digits(text: str) -> str:
-    return text.translate(_TO_ASCII_DIGITS) if _NON_ASCII_DIGIT.search(text) else text
+    """``text`` with Arabic-Indic digits as ASCII, offsets unchanged (each digit is one code point).
+
+    Only digit runs are translated: ``str.translate`` over a whole non-ASCII transcript costs several
+    times more than the matching itself.
+    """
+    if text.isascii() or not any(d in text for d in _ARABIC_DIGITS):
+        return text
+    return _ARABIC_DIGIT_RUN.sub(lambda run: run.group().translate(_TO_ASCII_DIGITS), text)
 
 
-def find_pii(text: str, kinds: Collection[PiiKind] = ALL) -> list[PiiMatch]:
+def find_pii(text: str, kinds: Kinds = ALL) -> list[PiiMatch]:
     """Every piece of personal data in ``text``, in order and not overlapping.
 
     Where candidates of different kinds overlap, the more specific kind wins
@@ -327,7 +348,7 @@ def find_pii(text: str, kinds: Collection[PiiKind] = ALL) -> list[PiiMatch]:
     return [PiiMatch(kind, start, end, text[start:end]) for start, end, kind in taken]
 
 
-def contains_pii(text: str, kinds: Collection[PiiKind] = ALL) -> bool:
+def contains_pii(text: str, kinds: Kinds = ALL) -> bool:
     """Whether ``text`` holds any personal data; stops at the first find."""
     wanted = _wanted(kinds)
     if not text or not wanted:
@@ -352,7 +373,7 @@ def _replacement(match: PiiMatch, style: RedactStyle) -> str:
     return f"{_MASK} {''.join(tail)}"
 
 
-def redact(text: str, kinds: Collection[PiiKind] = ALL, *, style: RedactStyle = "tag") -> str:
+def redact(text: str, kinds: Kinds = ALL, *, style: RedactStyle = "tag") -> str:
     """``text`` with each piece of personal data replaced, everything around it left as it was.
 
     ``style="tag"`` writes ``[PHONE]``, ``[EMAIL]``, ``[EMIRATES_ID]``, ``[CARD]``, ``[IBAN]``;
@@ -374,7 +395,7 @@ def redact(text: str, kinds: Collection[PiiKind] = ALL, *, style: RedactStyle = 
     return "".join(parts)
 
 
-def redact_obj(obj: Any, kinds: Collection[PiiKind] = ALL, *, style: RedactStyle = "tag") -> Any:
+def redact_obj(obj: Any, kinds: Kinds = ALL, *, style: RedactStyle = "tag") -> Any:
     """A copy of an event or export row with every string value redacted.
 
     Dicts (any mapping, returned as a ``dict``), lists, tuples and sets are rebuilt; keys are left

@@ -18,6 +18,8 @@ from typing import Any
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 
+from voiceai.pii import redact, redact_obj
+
 # ---- metrics ---------------------------------------------------------------------------------
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16)
@@ -48,37 +50,46 @@ FIRST_RESULT_SECONDS = Histogram(
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
+def _scrub(fields: dict[str, Any], redact_pii: bool) -> dict[str, Any]:
+    """The record's extra fields for output: ``pii`` dropped, and every other string value run through
+    the PII redactor as a safety net (an error message quoting a caller's number, say)."""
+    if not redact_pii:
+        return fields
+    out = {k: v for k, v in fields.items() if k != "pii"}
+    out = redact_obj(out)
+    if "pii" in fields:
+        out["pii"] = "[redacted]"
+    return out
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line; the ``pii`` field is dropped when redaction is on."""
+    """One JSON object per line; the ``pii`` field is dropped and other text is PII-redacted when
+    redaction is on."""
 
     def __init__(self, redact_pii: bool = True) -> None:
         super().__init__()
         self.redact_pii = redact_pii
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
         out: dict[str, Any] = {
             "ts": round(record.created, 3),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact(message) if self.redact_pii else message,
         }
-        for key, value in record.__dict__.items():
-            if key in _RESERVED:
-                continue
-            if key == "pii" and self.redact_pii:
-                out["pii"] = "[redacted]"
-                continue
-            out[key] = value
+        out.update(_scrub({k: v for k, v in record.__dict__.items() if k not in _RESERVED}, self.redact_pii))
         span = trace.get_current_span().get_span_context()
         if span.is_valid:
             out["trace_id"] = f"{span.trace_id:032x}"
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            exc = self.formatException(record.exc_info)
+            out["exc"] = redact(exc) if self.redact_pii else exc
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable lines for terminals; also redacts ``pii``."""
+    """Human-readable lines for terminals; redacts like `JsonFormatter`."""
 
     def __init__(self, redact_pii: bool = True) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
@@ -86,9 +97,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
-        if "pii" in fields and self.redact_pii:
-            fields["pii"] = "[redacted]"
+        if self.redact_pii:
+            base = redact(base)
+        fields = _scrub({k: v for k, v in record.__dict__.items() if k not in _RESERVED}, self.redact_pii)
         return f"{base} {fields}" if fields else base
 
 

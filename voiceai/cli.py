@@ -10,6 +10,9 @@
     voiceai kb search "QUERY" --tenant T [--json]
     voiceai ask "QUESTION" --tenant T [--json]
     voiceai worker                       # a Celery ingestion worker
+    voiceai db upgrade|downgrade|current
+    voiceai admin tenant create NAME | user create --tenant T --email E --role R
+    voiceai admin token --email E | apikey create --tenant T | keys rotate
 
 Global options (before the command): --config FILE, --profile cpu|gpu, --log-level LEVEL.
 Each client command talks to a running server when its address is configured
@@ -317,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--force", action="store_true")
     dp.set_defaults(func=cmd_dev_protos)
 
-    from voiceai import kb_cli
+    from voiceai import admin_cli, kb_cli
 
     kb_cli.add_parsers(sub, _with_settings)
+    admin_cli.add_parsers(sub, _with_settings)
     return p
 
 

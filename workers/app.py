@@ -1,7 +1,8 @@
 """The Celery application: ingestion tasks on a Redis broker.
 
-Run a worker with ``celery -A workers.app worker -Q ingest.high,ingest.default`` (or
-``voiceai worker``). The broker comes from ``kb.broker_url`` (env ``VOICEAI_BROKER_URL``).
+Run a worker with ``celery -A workers.app worker -Q ingest.high,ingest.default,maintenance`` (or
+``voiceai worker``) and one scheduler with ``celery -A workers.app beat`` (the daily retention
+purge). The broker comes from ``kb.broker_url`` (env ``VOICEAI_BROKER_URL``).
 
 Delivery is at-least-once: a task is acknowledged only after it finished (``acks_late``), so a
 worker killed mid-document leaves the message unacknowledged and Redis hands it to another worker
@@ -14,12 +15,14 @@ behind a busy worker. There is no result backend: a document's state lives in th
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from voiceai.config import Settings, load_settings
 
-QUEUES = ("ingest.high", "ingest.default")
+QUEUES = ("ingest.high", "ingest.default", "maintenance")
 INGEST_TASK = "voiceai.kb.ingest"
+PURGE_TASK = "voiceai.retention.purge"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -41,6 +44,10 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         imports=("workers.tasks",),
+        # `celery -A workers.app beat` (one per deployment) schedules the retention purge daily.
+        beat_schedule={"retention-purge": {"task": PURGE_TASK, "schedule": crontab(hour=2, minute=30),
+                                           "options": {"queue": "maintenance"}}},
+        timezone="Asia/Dubai",
     )
     return app
 

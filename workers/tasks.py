@@ -7,7 +7,7 @@ import threading
 
 from rag.service import KnowledgeBase
 from voiceai.config import load_settings
-from workers.app import INGEST_TASK, app
+from workers.app import INGEST_TASK, PURGE_TASK, app
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +50,21 @@ def ingest_document(self, tenant: str, document_id: str) -> str:  # type: ignore
                                                                  "error": repr(err)})
         raise self.retry(exc=err, countdown=min(300, 10 * 2 ** self.request.retries)) from err
     return record.status if record is not None else "deleted"
+
+
+@app.task(name=PURGE_TASK)
+def purge_expired_task() -> dict[str, dict[str, int]]:
+    """The daily retention purge over every tenant (scheduled by beat; also `voiceai admin retention run`)."""
+    import asyncio
+
+    from voiceai.db.engine import Database
+    from workers.retention import purge_expired
+
+    async def run() -> dict[str, dict[str, int]]:
+        db = Database.from_settings(load_settings(), admin=True)
+        try:
+            return await purge_expired(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())

@@ -15,7 +15,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("admin", "supervisor", "agent", "viewer")
@@ -32,7 +44,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Postgres's own default names, spelled out so that SQLite gets the same ones: a later migration can then
+# drop or alter a constraint by name on both engines (SQLite's batch mode cannot address unnamed ones).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+    "fk": "%(table_name)s_%(column_0_name)s_fkey",
+    "pk": "%(table_name)s_pkey",
+}
+
+
 class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
 
 
@@ -100,6 +124,9 @@ class Call(Base):
     channel: Mapped[str] = mapped_column(String(16))  # websocket | webrtc | sip | twilio | livekit
     language: Mapped[str] = mapped_column(String(8))
     caller_id: Mapped[str] = mapped_column(String(200), default="")  # redacted unless the tenant opted in
+    # HMAC of the normalised number (workers.retention.caller_hash): finds a caller's calls for an
+    # erase request without storing the number.
+    caller_hash: Mapped[str] = mapped_column(String(64), default="", index=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     ended_reason: Mapped[str] = mapped_column(String(32), default="")

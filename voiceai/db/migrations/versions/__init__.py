@@ -1,0 +1,1 @@
+"""Revisions, oldest first. A package only so that the files are installed with voiceai; alembic skips this file."""

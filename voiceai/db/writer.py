@@ -1,0 +1,208 @@
+"""Durable, ordered writes from the call loop: audio never waits for the database.
+
+The call loop hands each write (a call started, a turn, a call ended) to `CallWriter.submit`, which
+appends it to a spool folder as one small JSON file named by a sequence number and returns: no
+network round trip on the audio path. A background task applies the files in order, each in its own
+tenant-scoped transaction, and deletes a file only after its transaction committed. While the
+database is down it retries with back-off and the spool grows (bounded by ``max_bytes``; past that,
+new writes are refused with an error log and a metric, never dropped silently). A gateway restarted
+mid-outage replays what is left. Every write is idempotent (a call row is inserted once, a turn is
+unique per (call, turn, speaker), an end is an update), so a write applied just before a crash and
+replayed after is counted once.
+
+Transcripts are stored redacted (voiceai.pii) unless the tenant opted into full transcripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from voiceai.db.engine import Database
+from voiceai.db.models import Call, TenantConfig, Transcript
+
+log = logging.getLogger(__name__)
+
+SPOOLED = Gauge("voiceai_db_spool_writes", "Call-loop writes waiting for the database.")
+SPOOL_BYTES = Gauge("voiceai_db_spool_bytes", "Bytes of call-loop writes waiting for the database.")
+APPLIED = Counter("voiceai_db_writes_total", "Call-loop writes applied, by kind.", ["kind"])
+REFUSED = Counter("voiceai_db_writes_refused_total", "Call-loop writes refused: the spool was full.")
+FAILURES = Counter("voiceai_db_write_failures_total", "Attempts to apply a spooled write that failed.")
+
+_NAME = re.compile(r"^(\d{12})\.json$")
+
+
+class SpoolFull(RuntimeError):
+    pass
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class CallWriter:
+    def __init__(self, db: Database, spool_dir: Path, *, max_bytes: int = 256 * 2**20,
+                 redact: Callable[[str], str] | None = None, retry_max_s: float = 5.0) -> None:
+        self.db = db
+        self.dir = spool_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.retry_max_s = retry_max_s
+        self._redact = redact or _default_redact
+        existing = sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _NAME.match(p.name)))
+        self._seq = existing[-1] + 1 if existing else 0
+        self._bytes = sum(p.stat().st_size for p in self.dir.glob("*.json"))
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._full_transcripts: dict[str, bool] = {}
+        self._update_gauges()
+
+    # ---- the call loop's side (synchronous, local disk only) ------------------------------------
+
+    def submit(self, kind: str, tenant_id: str, payload: dict[str, Any]) -> None:
+        """Spools one write. Raises SpoolFull (and logs) when the spool is at its limit."""
+        body = json.dumps({"kind": kind, "tenant_id": tenant_id, "payload": payload}, ensure_ascii=False).encode()
+        if self._bytes + len(body) > self.max_bytes:
+            REFUSED.inc()
+            log.error("database write spool is full; write refused", extra={"kind": kind, "bytes": self._bytes})
+            raise SpoolFull(f"the write spool holds {self._bytes} bytes (limit {self.max_bytes})")
+        path = self.dir / f"{self._seq:012d}.json"
+        self._seq += 1
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(body)
+        os.replace(tmp, path)  # the applier never sees half a file
+        self._bytes += len(body)
+        self._update_gauges()
+        self._wake.set()
+
+    def call_started(self, tenant_id: str, call_id: str, channel: str, language: str, started_at: float,
+                     caller_id: str = "") -> None:
+        self.submit("call_started", tenant_id, {"call_id": call_id, "channel": channel, "language": language,
+                                                "started_at": started_at, "caller_id": caller_id})
+
+    def turn(self, tenant_id: str, call_id: str, turn: int, speaker: str, text: str, *, interrupted: bool = False,
+             latency: dict[str, Any] | None = None, started_at: float | None = None,
+             ended_at: float | None = None) -> None:
+        self.submit("turn", tenant_id, {"call_id": call_id, "turn": turn, "speaker": speaker, "text": text,
+                                        "interrupted": interrupted, "latency": latency or {},
+                                        "started_at": started_at, "ended_at": ended_at})
+
+    def call_ended(self, tenant_id: str, call_id: str, ended_at: float, reason: str, outcome: str = "",
+                   timings: dict[str, Any] | None = None) -> None:
+        self.submit("call_ended", tenant_id, {"call_id": call_id, "ended_at": ended_at, "reason": reason,
+                                              "outcome": outcome, "timings": timings or {}})
+
+    # ---- the applier -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="db-writer")
+
+    async def stop(self, drain_s: float = 5.0) -> None:
+        """Tries to apply what is spooled for up to ``drain_s``; the rest stays on disk for next time."""
+        if self._task is None:
+            return
+        try:
+            async with asyncio.timeout(drain_s):
+                while self.pending():
+                    self._wake.set()
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning("database writes left in the spool at shutdown", extra={"pending": self.pending()})
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+
+    def pending(self) -> int:
+        return sum(1 for p in self.dir.iterdir() if _NAME.match(p.name))
+
+    async def flush(self, timeout_s: float = 30.0) -> None:
+        """Waits until the spool is empty (tests, shutdown)."""
+        async with asyncio.timeout(timeout_s):
+            while self.pending():
+                self._wake.set()
+                await asyncio.sleep(0.02)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            files = sorted(p for p in self.dir.iterdir() if _NAME.match(p.name))
+            if not files:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for path in files:
+                try:
+                    await self._apply(json.loads(path.read_bytes()))
+                except Exception as err:  # the database is down, or refused this write
+                    FAILURES.inc()
+                    log.warning("database write failed; will retry", extra={"file": path.name, "error": repr(err)})
+                    await asyncio.sleep(delay)
+                    delay = min(self.retry_max_s, delay * 2)
+                    break  # keep the order: retry this file first
+                size = path.stat().st_size
+                path.unlink()
+                self._bytes -= size
+                self._update_gauges()
+                delay = 0.1
+
+    async def _apply(self, op: dict[str, Any]) -> None:
+        kind, tenant_id, p = op["kind"], op["tenant_id"], op["payload"]
+        handlers: dict[str, Callable[[AsyncSession, str, dict[str, Any]], Awaitable[None]]] = {
+            "call_started": self._apply_call_started, "turn": self._apply_turn, "call_ended": self._apply_call_ended}
+        async with self.db.tenant_session(tenant_id) as session:
+            await handlers[kind](session, tenant_id, p)
+        APPLIED.labels(kind).inc()
+
+    def _insert(self, table: Any) -> Any:
+        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    async def _full(self, session: AsyncSession, tenant_id: str) -> bool:
+        if tenant_id not in self._full_transcripts:
+            cfg = await session.scalar(select(TenantConfig.store_full_transcripts)
+                                       .where(TenantConfig.tenant_id == tenant_id))
+            self._full_transcripts[tenant_id] = bool(cfg)
+        return self._full_transcripts[tenant_id]
+
+    async def _apply_call_started(self, session: AsyncSession, tenant_id: str, p: dict[str, Any]) -> None:
+        full = await self._full(session, tenant_id)
+        await session.execute(self._insert(Call.__table__).values(
+            id=p["call_id"], tenant_id=tenant_id, state="active", channel=p["channel"], language=p["language"],
+            caller_id=p["caller_id"] if full else self._redact(p["caller_id"]), started_at=_ts(p["started_at"]),
+            timings={}, ended_reason="", outcome="").on_conflict_do_nothing())
+
+    async def _apply_turn(self, session: AsyncSession, tenant_id: str, p: dict[str, Any]) -> None:
+        full = await self._full(session, tenant_id)
+        await session.execute(self._insert(Transcript.__table__).values(
+            id=f"{p['call_id'][:20]}{p['turn']:06d}{p['speaker'][:6]}", tenant_id=tenant_id, call_id=p["call_id"],
+            turn=p["turn"], speaker=p["speaker"], text=p["text"] if full else self._redact(p["text"]),
+            redacted=not full, interrupted=p["interrupted"], latency=p["latency"], started_at=_ts(p["started_at"]),
+            ended_at=_ts(p["ended_at"]), created_at=datetime.now(UTC)).on_conflict_do_nothing())
+
+    async def _apply_call_ended(self, session: AsyncSession, tenant_id: str, p: dict[str, Any]) -> None:
+        await session.execute(update(Call).where(Call.tenant_id == tenant_id, Call.id == p["call_id"]).values(
+            state="ended", ended_at=_ts(p["ended_at"]), ended_reason=p["reason"], outcome=p["outcome"],
+            timings=p["timings"]))
+
+    def _update_gauges(self) -> None:
+        SPOOL_BYTES.set(self._bytes)
+        SPOOLED.set(self.pending())
+
+
+def _default_redact(text: str) -> str:
+    from voiceai.pii import redact
+
+    return redact(text)

@@ -6,18 +6,21 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
-from fastapi import FastAPI, HTTPException, WebSocket
+from fastapi import Depends, FastAPI, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway import calls as calls_routes
 from gateway import kb as kb_routes
-from gateway.calls_ws import serve_call
-from gateway.store import CallStore
+from gateway.auth.deps import Principal, require_ws
+from gateway.auth.roles import Permission
+from gateway.calls_ws import JoinedCalls, serve_call
+from gateway.platform import start_platform
 from media_bridge.clients import BridgeClients, make_bridge_clients
 from voiceai.config import SERVICES, Settings
 
@@ -74,16 +77,20 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.platform = await start_platform(settings)
+        app.state.auth = app.state.platform.auth
+        app.state.limiter = app.state.platform.limiter
         app.state.kb = await asyncio.to_thread(kb_factory, settings) if kb_factory else None
         app.state.clients = await clients_factory(settings)
         app.state.clients.kb = app.state.kb
-        app.state.store = CallStore()
+        app.state.joined = JoinedCalls(keep_s=settings.auth.call_token_ttl_s + 120)
         try:
             yield
         finally:
             await app.state.clients.aclose()
             if app.state.kb is not None:
                 await asyncio.to_thread(app.state.kb.close)
+            await app.state.platform.close()
 
     app = FastAPI(title="voiceai gateway", version="0.1.0", lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -108,21 +115,18 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/calls")
-    async def list_calls(limit: int = 50) -> dict[str, Any]:
-        if not 1 <= limit <= 500:
-            raise HTTPException(422, "limit must be between 1 and 500")
-        return {"calls": [c.summary() for c in app.state.store.list(limit)]}
+    app.include_router(calls_routes.router)
 
-    @app.get("/v1/calls/{call_id}")
-    async def get_call(call_id: str) -> dict[str, Any]:
-        record = app.state.store.get(call_id)
-        if record is None:
-            raise HTTPException(404, "no such call")
-        return record.detail()
+    @app.get("/.well-known/jwks.json", include_in_schema=False)
+    async def jwks() -> dict[str, Any]:
+        """The public keys tokens are signed with, for services that verify them."""
+        return app.state.auth.ring.jwks()  # type: ignore[no-any-return]
 
     @app.websocket("/v1/calls/ws")
-    async def call_ws(ws: WebSocket) -> None:
-        await serve_call(ws, settings, app.state.clients, app.state.store)
+    async def call_ws(ws: WebSocket, principal: Annotated[Principal | None, Depends(require_ws(
+            Permission.CALLS_JOIN, call_id_param="call_id"))]) -> None:
+        if principal is not None:
+            await serve_call(ws, settings, app.state.clients, principal, app.state.platform.writer,
+                             app.state.joined)
 
     return app

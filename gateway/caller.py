@@ -69,14 +69,29 @@ def load_turns(paths: list[Path], models_dir: Path, rate_hz: int) -> list[Caller
     return turns
 
 
+async def call_ws_url(url: str, language: str = "en", *, query: str = "",
+                      headers: dict[str, str] | None = None) -> str:
+    """Starts a call (``POST /v1/calls``: with ``headers`` holding an API key or token, or anonymously
+    where the gateway allows it) and returns the WebSocket URL that joins it with its call token."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, headers=headers or {}, timeout=30) as http:
+        resp = await http.post("/v1/calls", json={"language": language})
+        if resp.status_code != 201:
+            raise RuntimeError(f"could not start a call: HTTP {resp.status_code} {resp.text[:200]}")
+        started = resp.json()
+    base = url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
+    return f"{base}{started['ws_path']}&token={started['token']}" + (f"&{query}" if query else "")
+
+
 async def simulate_call(url: str, turns: list[CallerTurn], language: str = "en", rate_hz: int = 16000,
                         barge_in_at_ms: int | None = None, out_dir: Path | None = None,
-                        greeting: bool = False) -> dict[str, Any]:
+                        greeting: bool = False, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Runs one call; returns {"call_id", "turns": [...], "max_audio_gap_ms", "events"}."""
     import websockets
 
-    ws_url = url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
-    ws_url += f"/v1/calls/ws?language={language}&sample_rate_hz={rate_hz}&greeting={int(greeting)}"
+    ws_url = await call_ws_url(url, language, query=f"sample_rate_hz={rate_hz}&greeting={int(greeting)}",
+                               headers=headers)
     frame_bytes = rate_hz * FRAME_MS // 1000 * 2
     listener = _Listener()
     results: list[dict[str, Any]] = []
@@ -220,7 +235,10 @@ async def _listen(ws, listener: _Listener) -> None:
 
 
 def main_call(url: str, wavs: list[str], language: str, out_dir: str | None, barge_in_at_ms: int | None,
-              models_dir: Path, rate_hz: int = 16000) -> dict[str, Any]:
+              models_dir: Path, rate_hz: int = 16000, token: str = "") -> dict[str, Any]:
+    """``token``: an access token or API key that may start calls (else the gateway's anonymous tenant)."""
     turns = load_turns([Path(w) for w in wavs], models_dir, rate_hz)
+    headers = {} if not token else {"X-API-Key": token} if token.startswith("vai_") else {
+        "Authorization": f"Bearer {token}"}
     return asyncio.run(simulate_call(url, turns, language, rate_hz, barge_in_at_ms,
-                                     Path(out_dir) if out_dir else None))
+                                     Path(out_dir) if out_dir else None, headers=headers))

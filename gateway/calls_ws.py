@@ -8,20 +8,22 @@ import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from prometheus_client import Counter
 
-from gateway.store import CallRecord, CallStore
+from gateway.auth.deps import Principal, ws_subprotocol
 from media_bridge.clients import BridgeClients
 from media_bridge.session import CallSession, TurnRecord
-from rag.store import TENANT_RE
 from voiceai.config import Settings
+from voiceai.db.writer import CallWriter, SpoolFull
 
 log = logging.getLogger(__name__)
 
 BAD_FRAMES = Counter("voiceai_ws_bad_frames_total", "Malformed WebSocket frames from callers.", ["reason"])
+JOIN_REFUSED = Counter("voiceai_call_join_refused_total", "Second joins of a call with the same call token.")
 
 SUPPORTED_RATES_HZ = (8000, 16000, 24000, 48000)
 MAX_TEXT_FRAME_BYTES = 64 * 1024
@@ -50,34 +52,63 @@ class WebSocketTransport:
             await self.ws.send_text(json.dumps(event, ensure_ascii=False))
 
 
-async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, store: CallStore) -> None:
-    """Runs one caller's WebSocket until either side hangs up."""
+class JoinedCalls:
+    """Call ids already joined: a call token is good for one join (a leaked token cannot listen in).
+
+    Entries are kept as long as a token for them could still be valid, then forgotten."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self._at: OrderedDict[str, float] = OrderedDict()
+
+    def claim(self, call_id: str) -> bool:
+        now = time.monotonic()
+        while self._at and next(iter(self._at.values())) < now - self.keep_s:
+            self._at.popitem(last=False)
+        if call_id in self._at:
+            return False
+        self._at[call_id] = now
+        return True
+
+
+async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, principal: Principal,
+                     writer: CallWriter, joined: JoinedCalls) -> None:
+    """Runs one caller's WebSocket until either side hangs up.
+
+    ``principal`` passed the ``calls.join`` check: a call token (its own call id; it joins once) or a
+    user allowed to join calls (a new call id). The tenant is the principal's, never a parameter.
+    """
     params = ws.query_params
-    language = params.get("language", "en")
+    language = params.get("language") or principal.language or "en"
     try:
         rate = int(params.get("sample_rate_hz", "16000"))
     except ValueError:
         rate = -1
-    # The caller's tenant: from the call token once the platform's auth lands; a query parameter until then.
-    tenant = params.get("tenant") or settings.kb.default_tenant
-    if not TENANT_RE.match(tenant):
-        await ws.close(code=1008, reason="tenant must be 1-63 characters of a-z, 0-9, '-' or '_'")
-        return
+    await ws.accept(subprotocol=ws_subprotocol(ws))
     if language not in settings.asr.languages or rate not in SUPPORTED_RATES_HZ:
         await ws.close(code=1008, reason=f"language must be one of {settings.asr.languages}; sample_rate_hz "
                                          f"one of {SUPPORTED_RATES_HZ}")
         return
-    await ws.accept()
-    call_id = uuid.uuid4().hex
+    call_id = principal.call_id or uuid.uuid4().hex
+    if not joined.claim(call_id):
+        JOIN_REFUSED.inc()
+        await ws.close(code=4409, reason="this call was already joined")
+        return
     transport = WebSocketTransport(ws, rate)
-    record = CallRecord(call_id=call_id, channel="websocket", language=language)
-    store.add(record)
+    tenant_id = principal.tenant_id
+    started = time.time()
+    with contextlib.suppress(SpoolFull):
+        writer.call_started(tenant_id, call_id, "websocket", language, started)
 
     def on_turn(turn: TurnRecord) -> None:
-        record.turns.append(turn)
+        with contextlib.suppress(SpoolFull):  # logged and counted by the writer; the call goes on
+            latency = turn.timings.as_dict()
+            writer.turn(tenant_id, call_id, turn.index, "caller", turn.user_text, latency=latency)
+            writer.turn(tenant_id, call_id, turn.index, "bot", turn.bot_text, interrupted=turn.interrupted,
+                        latency={"sources": turn.sources, "fallbacks": turn.fallbacks})
 
     session = CallSession(call_id, settings, clients, transport, language=language,
-                          greeting=params.get("greeting", "1") != "0", on_turn=on_turn, tenant=tenant)
+                          greeting=params.get("greeting", "1") != "0", on_turn=on_turn, tenant=principal.tenant_name)
     runner = asyncio.create_task(session.run(), name=f"call-{call_id}")
     reader = asyncio.create_task(_read(ws, session, transport), name=f"call-{call_id}-reader")
     try:
@@ -89,9 +120,8 @@ async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, 
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader
-        record.state = "ended"
-        record.ended_reason = session.ended_reason
-        record.ended_at = time.time()
+        with contextlib.suppress(SpoolFull):
+            writer.call_ended(tenant_id, call_id, time.time(), session.ended_reason or "hangup")
         transport.closed = True
         with contextlib.suppress(Exception):
             await ws.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
+from tests.platform_helpers import isolate
 from voiceai.config import Settings, load_settings
 from voiceai.supervisor import ServerProcess, free_port, spawn_server, wait_ready
 
@@ -20,9 +22,9 @@ class Stack:
                  services: tuple[str, ...] = ("asr", "nlu", "tts")) -> None:
         self.log_dir = log_dir
         self.services = services
-        # The knowledge base lives with the logs: a test never writes into the checkout's data/.
-        self.settings: Settings = load_settings(profile="cpu", env={}, overrides={
-            "kb.data_dir": str(log_dir / "kb"), **(overrides or {})})
+        # Database, keys and knowledge base live with the logs: a test never writes into the checkout's data/.
+        self.settings: Settings = isolate(load_settings(profile="cpu", env={}, overrides=overrides or {}),
+                                          log_dir / "platform")
         self.servers: dict[str, ServerProcess] = {}
         self.port = free_port()
         self._uvicorn = None
@@ -74,8 +76,20 @@ class Stack:
         self.servers[service] = new
         asyncio.run(wait_ready(new))
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10)
+    def token(self, role: str = "admin") -> str:
+        """An access token for the demo tenant (the one anonymous web calls reach), signed by the gateway's keys."""
+        from gateway.auth.keys import KeyRing
+        from gateway.auth.tokens import issue_access
+
+        name = self.settings.auth.anonymous_calls_tenant
+        with sqlite3.connect(self.settings.db.url.removeprefix("sqlite:///")) as db:
+            (tenant_id,) = db.execute("SELECT id FROM tenants WHERE name = ?", (name,)).fetchone()
+        ring = KeyRing.load_or_create(self.settings.auth.keys_dir)
+        return issue_access(ring, self.settings.auth, subject=f"test-{role}", tenant_id=tenant_id, tenant_name=name,
+                            role=role, principal_type="user")
+
+    def get(self, path: str, role: str = "admin") -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, headers={"Authorization": f"Bearer {self.token(role)}"})
 
     def stop(self) -> None:
         if self._uvicorn is not None:

@@ -6,6 +6,7 @@ One stack serves the module (starting it costs ~30 s). Tests that kill a server 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -14,7 +15,8 @@ import httpx
 import pytest
 import websockets
 
-from gateway.caller import load_turns, simulate_call
+from gateway.caller import call_ws_url, load_turns, simulate_call
+from tests.servers import wait_until
 
 from .conftest import AUDIO
 from .stack import Stack
@@ -52,11 +54,16 @@ def test_two_turn_english_call(stack, audio_texts):
         assert stages["speech_end_ms"] <= stages["final_transcript_ms"] <= stages["first_audio_sent_ms"]
         assert stages["endpoint_ms"] <= stages["first_audio_sent_ms"]
     assert result["max_audio_gap_ms"] < 200
-    # The call record holds the same turns.
-    detail = stack.get(f"/v1/calls/{result['call_id']}").json()
-    assert [t["user_text"] for t in detail["turns"]] == [first["user_text"], second["user_text"]]
-    assert detail["turns"][0]["stages"]["e2e_ms"] > 0
+    # The call record (in the database, written behind the call) holds the same turns, caller and bot.
+    detail = wait_until(lambda: (d := stack.get(f"/v1/calls/{result['call_id']}")).status_code == 200 and
+                        d.json()["state"] == "ended" and d.json(), "the call record", 30)
+    caller = [t["text"] for t in detail["transcript"] if t["speaker"] == "caller"]
+    assert caller == [first["user_text"], second["user_text"]]
+    assert [t["turn"] for t in detail["transcript"]] == [1, 1, 2, 2]
+    assert detail["transcript"][0]["latency"]["e2e_ms"] > 0
     assert result["call_id"] in [c["call_id"] for c in stack.get("/v1/calls").json()["calls"]]
+    assert stack.get(f"/v1/calls/{result['call_id']}", role="viewer").status_code == 403  # no transcripts
+    assert httpx.get(f"{stack.url}/v1/calls", timeout=10).status_code == 401
 
 
 def test_arabic_call(stack):
@@ -89,7 +96,7 @@ def test_a_short_noise_does_not_interrupt(stack):
 
 def test_malformed_frames_get_errors_and_the_call_survives(stack, audio_texts):
     async def run() -> list[dict]:
-        url = stack.url.replace("http", "ws") + "/v1/calls/ws?language=en&greeting=0"
+        url = await call_ws_url(stack.url, "en", query="greeting=0")
         async with websockets.connect(url) as ws:
             await ws.send("{not json")
             await ws.send(json.dumps({"type": "dance"}))
@@ -118,20 +125,42 @@ def test_malformed_frames_get_errors_and_the_call_survives(stack, audio_texts):
 
 
 @pytest.mark.parametrize("query", ["language=fr", "sample_rate_hz=11025", "sample_rate_hz=abc"])
-def test_bad_call_parameters_are_refused_at_the_handshake(stack, query):
-    async def run() -> None:
-        async with websockets.connect(stack.url.replace("http", "ws") + "/v1/calls/ws?" + query):
-            pass
+def test_bad_call_parameters_are_refused_with_a_reason(stack, query):
+    async def run() -> tuple[int | None, str]:
+        async with websockets.connect(await call_ws_url(stack.url, "en", query=query)) as ws:
+            with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            return ws.close_code, ws.close_reason or ""
 
-    with pytest.raises(websockets.exceptions.InvalidStatus) as info:
-        asyncio.run(run())
-    assert info.value.response.status_code == 403
+    code, reason = asyncio.run(run())
+    assert code == 1008 and "sample_rate_hz" in reason
+
+
+def test_a_call_needs_a_call_token_used_once(stack):
+    async def closed(url: str) -> int | None:
+        async with websockets.connect(url) as ws:
+            with contextlib.suppress(websockets.exceptions.ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            return ws.close_code
+
+    async def run() -> list[int | None]:
+        base = stack.url.replace("http", "ws") + "/v1/calls/ws?language=en&greeting=0"
+        url = await call_ws_url(stack.url, "en", query="greeting=0")
+        async with websockets.connect(url) as first:
+            await first.send(json.dumps({"type": "ping", "id": 1}))
+            await asyncio.wait_for(first.recv(), 10)
+            again = await closed(url)  # the same token while the call runs: refused
+            await first.send(json.dumps({"type": "hangup"}))
+        return [await closed(base), await closed(base + "&token=garbage"), again]
+
+    assert asyncio.run(run()) == [4401, 4401, 4409]
 
 
 def test_caller_hangs_up_mid_reply_and_nothing_keeps_running(stack):
     async def run() -> None:
         turns = load_turns([AUDIO / "en_order.wav"], stack.settings.models_dir, 16000)
-        url = stack.url.replace("http", "ws") + "/v1/calls/ws?language=en&greeting=0"
+        url = await call_ws_url(stack.url, "en", query="greeting=0")
         async with websockets.connect(url) as ws:
             pcm = turns[0].pcm + b"\0" * 32000 * 6
             got_audio = False

@@ -20,6 +20,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.app import create_app
+from gateway.auth.config import AuthConfig
+from gateway.auth.keys import KeyRing
+from gateway.auth.tokens import issue_access
 from media_bridge.clients import BridgeClients
 from rag.registry import DocumentRecord
 from rag.service import KnowledgeBase, UploadRejected
@@ -27,6 +30,7 @@ from rag.sparse import bm25_query
 from rag.store import ChunkPoint, check_tenant
 from tests import kb_docs
 from tests.fakes import FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient
+from tests.platform_helpers import isolate
 from tests.servers import wait_until
 from voiceai import cli
 from voiceai.config import Settings, load_settings
@@ -48,8 +52,12 @@ class HeldQueue:
         return f"held-{document_id}"
 
 
+KEYS: list[Path] = []  # the REST app's signing-key folder (set by kb_settings)
+
+
 @pytest.fixture(scope="module")
 def kb_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    KEYS[:] = [tmp_path_factory.mktemp("platform") / "keys"]
     settings = load_settings(profile="cpu", env={})
     kb_cfg = settings.kb.model_copy(update={"data_dir": tmp_path_factory.mktemp("kb"),
                                             "max_upload_bytes": MAX_UPLOAD_BYTES})
@@ -398,13 +406,16 @@ def client(kb: KnowledgeBase, kb_settings: Settings) -> Iterator[TestClient]:
         tts = FakeTtsClient()
         return BridgeClients(vad=FakeVadClient(), asr=FakeAsrClient(), llm=FakeLlmClient(), tts=tts, fallback_tts=tts)
 
-    app = create_app(kb_settings, clients_factory=clients_factory, kb_factory=lambda _: kb)
+    app = create_app(isolate(kb_settings, KEYS[0].parent), clients_factory=clients_factory, kb_factory=lambda _: kb)
     with TestClient(app) as http:
         yield http
 
 
-def headers(tenant: str) -> dict[str, str]:
-    return {"X-Tenant": tenant}
+def headers(tenant: str, role: str = "admin") -> dict[str, str]:
+    """An access token for ``tenant`` signed by the gateway's key ring (the platform's auth is on)."""
+    token = issue_access(KeyRing.load_or_create(KEYS[0]), AuthConfig(), subject=f"test-{role}", tenant_id=tenant,
+                         tenant_name=tenant, role=role, principal_type="user")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def upload(client: TestClient, tenant: str, filename: str, data: bytes, **form: str) -> Any:
@@ -511,8 +522,15 @@ def test_rest_refusals(client: TestClient, kb: KnowledgeBase) -> None:
     ]
     for method, path, kw in requests:
         assert client.request(method, path, **kw).status_code == 401, (method, path)
-        for bad in ("Gulf Bank", "../gulfbank", "-x", "a" * 64):
-            assert client.request(method, path, headers=headers(bad), **kw).status_code == 422, (method, path, bad)
+        # Naming another tenant next to a valid credential is an attempt to cross tenants: 403.
+        for bad in ("Gulf Bank", "../gulfbank", "-x", "a" * 64, "nilecom"):
+            refused = client.request(method, path, headers=headers("gulfbank") | {"X-Tenant": bad}, **kw)
+            assert refused.status_code == 403, (method, path, bad)
+        # A viewer reads the document list, but neither uploads, deletes nor searches (kb.write, kb.search).
+        viewer = client.request(method, path, headers=headers("gulfbank", "viewer"), **kw)
+        expected = {"/v1/kb/documents": 200} if method == "GET" else {}
+        wanted = expected.get(path, 404 if method == "GET" else 403)
+        assert viewer.status_code == wanted, (method, path, viewer.status_code)
     assert not (kb.cfg.data_dir / "uploads" / tenant).exists()
 
     for query in ("", "   ", "\n\t"):

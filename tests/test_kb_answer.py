@@ -7,6 +7,7 @@ Real knowledge base (e5 model, qdrant-client in memory); the LLM is the scripted
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -164,29 +165,42 @@ def test_looks_like_question(text: str, expected: bool) -> None:
 
 
 
-def test_ask_endpoint_and_its_errors(kb: KnowledgeBase) -> None:
-    """POST /v1/kb/ask: the answer, its sources and passages; declines; tenant and body checks."""
+def test_ask_endpoint_and_its_errors(kb: KnowledgeBase, tmp_path: Path) -> None:
+    """POST /v1/kb/ask: the answer, its sources and passages; declines; credential, role and body checks."""
     from types import SimpleNamespace
 
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
+    from gateway.auth.config import AuthConfig
+    from gateway.auth.deps import AuthContext
+    from gateway.auth.keys import KeyRing
+    from gateway.auth.tokens import issue_access
     from gateway.kb import router
+
+    cfg, ring = AuthConfig(), KeyRing.load_or_create(tmp_path / "keys")
+
+    def bearer(role: str) -> dict[str, str]:
+        token = issue_access(ring, cfg, subject="u1", tenant_id="t-bank", tenant_name="bank", role=role,
+                             principal_type="user")
+        return {"Authorization": f"Bearer {token}"}
 
     app = FastAPI()
     app.include_router(router)
     app.state.kb = kb
+    app.state.auth = AuthContext(cfg, ring, b"pepper")
     app.state.clients = SimpleNamespace(llm=FakeLlmClient(default="A replacement card costs AED 50."))
     with TestClient(app) as http:
         ok = http.post("/v1/kb/ask", json={"question": "How much does a replacement card cost?"},
-                       headers={"X-Tenant": "bank"})
+                       headers=bearer("agent"))
         assert ok.status_code == 200
         body = ok.json()
         assert body["answer"] == "A replacement card costs AED 50." and body["sources"][0] == "cards.md"
         assert body["passages"][0]["document"] == "cards.md" and body["declined"] is False
-        declined = http.post("/v1/kb/ask", json={"question": "ما هو سعر الذهب اليوم؟"}, headers={"X-Tenant": "bank"})
+        declined = http.post("/v1/kb/ask", json={"question": "ما هو سعر الذهب اليوم؟"}, headers=bearer("admin"))
         assert declined.json()["answer"] == DECLINE["ar"] and declined.json()["declined"] is True
         assert http.post("/v1/kb/ask", json={"question": "hi"}).status_code == 401
-        assert http.post("/v1/kb/ask", json={"question": "  "}, headers={"X-Tenant": "bank"}).status_code == 422
+        assert http.post("/v1/kb/ask", json={"question": "hi"}, headers=bearer("viewer")).status_code == 403
+        assert http.post("/v1/kb/ask", json={"question": "  "}, headers=bearer("agent")).status_code == 422
         assert http.post("/v1/kb/ask", json={"question": "x", "language": "fr"},
-                         headers={"X-Tenant": "bank"}).status_code == 422
+                         headers=bearer("agent")).status_code == 422

@@ -42,6 +42,7 @@ from gateway.app import create_app
 from media_bridge.clients import BridgeClients, fallback_tts_settings
 from nlu.api import ChatMessage, GenerateParams, GenerationFinal, LlmEvent, TextDelta
 from tests.conftest import audio_path
+from tests.platform_helpers import isolate
 from tests.servers import free_port
 from tts.client import InProcessTtsClient
 from tts.engine import TtsEngine
@@ -186,7 +187,7 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def gateway(settings: Settings) -> Iterator[Gateway]:
+def gateway(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     holder: dict[str, FakeScriptedAsr] = {}
 
     async def clients_factory(s: Settings) -> BridgeClients:
@@ -200,7 +201,9 @@ def gateway(settings: Settings) -> Iterator[Gateway]:
                              llm=FakeScriptedLlm({"en": EN_REPLIES, "ar": AR_REPLIES}), tts=tts, fallback_tts=tts)
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, clients_factory=clients_factory, kb_factory=None),
+    app = create_app(isolate(settings, tmp_path_factory.mktemp("platform")), clients_factory=clients_factory,
+                     kb_factory=None)
+    server = uvicorn.Server(uvicorn.Config(app,
                                            host="127.0.0.1",
                                            port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="gateway", daemon=True)

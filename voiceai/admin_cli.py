@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 from sqlalchemy import select
 
 from voiceai.config import Settings
+
+MAX_DISPLAY_NAME_CHARS = 200
 
 
 def _keys_dir(settings: Settings) -> Path:
@@ -44,11 +47,27 @@ def _db_url(settings: Settings) -> str:
     return str(resolve_url(settings.db, admin=True))
 
 
+def _operator() -> str:
+    """Who runs the command, for the audit trail. A container often runs under a uid with no passwd entry
+    and no USER variable, where getpass.getuser() raises: the uid still names the operator's account."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
 def _audit(action: str, tenant_id: str | None, target_type: str, target_id: str, **details: Any) -> Any:
     from voiceai.db.models import AuditLog
 
-    return AuditLog(tenant_id=tenant_id, actor_type="cli", actor_id=getpass.getuser(), action=action,
+    return AuditLog(tenant_id=tenant_id, actor_type="cli", actor_id=_operator(), action=action,
                     target_type=target_type, target_id=target_id, details=details)
+
+
+def _check_display_name(name: str | None) -> str:
+    # The column holds 200 characters: Postgres would refuse a longer one with a traceback, SQLite keep it.
+    if name and len(name) > MAX_DISPLAY_NAME_CHARS:
+        raise ValueError(f"display name is {len(name)} characters; at most {MAX_DISPLAY_NAME_CHARS}")
+    return name or ""
 
 
 async def _tenant_by_name(session: Any, name: str) -> Any:
@@ -78,6 +97,7 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
     from voiceai.db.models import Tenant, TenantConfig
 
     name = check_tenant(args.name)
+    display_name = _check_display_name(args.display_name)
 
     async def run() -> dict[str, Any]:
         db = _db(settings)
@@ -85,7 +105,7 @@ def cmd_tenant_create(args: argparse.Namespace, settings: Settings) -> int:
             async with db.admin_session() as session:
                 if await session.scalar(select(Tenant).where(Tenant.name == name)) is not None:
                     raise ValueError(f"tenant {name!r} already exists")
-                tenant = Tenant(name=name, display_name=args.display_name or name)
+                tenant = Tenant(name=name, display_name=display_name or name)
                 session.add(tenant)
                 await session.flush()
                 session.add(TenantConfig(tenant_id=tenant.id, retention_days=args.retention_days,
@@ -109,6 +129,7 @@ def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
     email = args.email.strip().lower()
     if "@" not in email or len(email) > 320 or any(c.isspace() or ord(c) < 32 for c in email):
         raise ValueError(f"{args.email!r} is not an email address")
+    display_name = _check_display_name(args.name)
 
     async def run() -> dict[str, Any]:
         db = _db(settings)
@@ -117,7 +138,7 @@ def cmd_user_create(args: argparse.Namespace, settings: Settings) -> int:
                 tenant = await _tenant_by_name(session, args.tenant)
                 if await session.scalar(select(User).where(User.email == email)) is not None:
                     raise ValueError(f"a user with email {email} already exists")
-                user = User(tenant_id=tenant.id, email=email, role=args.role, display_name=args.name or "")
+                user = User(tenant_id=tenant.id, email=email, role=args.role, display_name=display_name)
                 session.add(user)
                 await session.flush()
                 session.add(_audit("user.create", tenant.id, "user", user.id, role=args.role))
@@ -145,6 +166,8 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
                     raise ValueError(f"no active user with email {email}")
                 tenant = await session.get(Tenant, user.tenant_id)
                 assert tenant is not None
+                if tenant.disabled:  # the gateway refuses such a user's refresh too: do not mint around it
+                    raise ValueError(f"tenant {tenant.name!r} is disabled")
                 ring = KeyRing.load_or_create(_keys_dir(settings))
                 out: dict[str, Any] = {"access_token": issue_access(
                     ring, settings.auth, subject=user.id, tenant_id=tenant.id, tenant_name=tenant.name,

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,8 @@ def cmd_call(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _setup_logging(settings, human=True)
-    result = main_call(args.url, args.wav, args.lang, args.out_dir, args.barge_in_at_ms, settings.models_dir)
+    result = main_call(args.url, args.wav, args.lang, args.out_dir, args.barge_in_at_ms, settings.models_dir,
+                       token=os.environ.get("VOICEAI_TOKEN", ""))
     if args.json:
         result = {k: v for k, v in result.items() if k != "events"}
         print(json.dumps(result, ensure_ascii=False, indent=2))

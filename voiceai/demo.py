@@ -64,7 +64,7 @@ async def run_demo(settings: Settings, out_dir: Path) -> None:
             result = await simulate_call(url, turns, language, out_dir=out_dir / language)
             _print_call(language, result)
             print(f"        bot audio saved to {out_dir / language / 'bot.wav'}", flush=True)
-        await _knowledge_base(url)
+        await _knowledge_base(url, settings)
         print(f"\nThe web page is at {url}/ while the stack runs: `voiceai up` keeps it running.", flush=True)
     finally:
         stop.set()
@@ -72,12 +72,31 @@ async def run_demo(settings: Settings, out_dir: Path) -> None:
             await stack
 
 
-async def _knowledge_base(url: str) -> None:
+async def _admin_token(settings: Settings, tenant: str) -> str:
+    """What an operator does with `voiceai admin tenant create` + `admin token`: the tenant, if new, and an
+    admin access token for it, signed with this machine's keys."""
+    from gateway.auth.keys import KeyRing, keys_dir_for
+    from gateway.auth.tokens import issue_access
+    from gateway.platform import ensure_tenant
+    from voiceai.db.engine import Database
+
+    db = Database.from_settings(settings, admin=True)
+    try:
+        tenant_id = await ensure_tenant(db, tenant)
+    finally:
+        await db.close()
+    ring = await asyncio.to_thread(KeyRing.load_or_create, keys_dir_for(settings.auth))
+    return issue_access(ring, settings.auth, subject="demo-admin", tenant_id=tenant_id, tenant_name=tenant,
+                        role="admin", principal_type="user")
+
+
+async def _knowledge_base(url: str, settings: Settings) -> None:
     """Uploads the sample documents (a no-op when already there) and asks across languages."""
     import httpx
 
     print(f"\n--- Knowledge base: tenant {KB_TENANT}, documents from {KB_DOCS}", flush=True)
-    async with httpx.AsyncClient(base_url=url, headers={"X-Tenant": KB_TENANT}, timeout=60) as http:
+    token = await _admin_token(settings, KB_TENANT)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
         ids = []
         for path in sorted(KB_DOCS.iterdir()):
             resp = await http.post("/v1/kb/documents", files={"file": (path.name, path.read_bytes())})

@@ -1,7 +1,8 @@
 """Knowledge-base commands: `voiceai kb ingest|search|list|delete`, `voiceai ask`, `voiceai worker`.
 
 They work on this machine's knowledge base in-process (``kb.data_dir``), or through a running
-gateway when ``VOICEAI_GATEWAY_URL`` is set (needed while `voiceai up` holds the local store).
+gateway when ``VOICEAI_GATEWAY_URL`` is set (needed while `voiceai up` holds the local store), with
+the credential in ``VOICEAI_TOKEN`` (an access token or an API key).
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ from voiceai.config import Settings
 
 def _gateway() -> str:
     return os.environ.get("VOICEAI_GATEWAY_URL", "").rstrip("/")
+
+
+def _credentials(tenant: str) -> dict[str, str]:
+    """Headers for the gateway: VOICEAI_TOKEN holds an access token or an API key (vai_...) of the tenant."""
+    secret = os.environ.get("VOICEAI_TOKEN", "")
+    if not secret:
+        raise ValueError("set VOICEAI_TOKEN to an access token (`voiceai admin token --email ...`) or an API key "
+                         "(`voiceai admin apikey create --tenant ...`) to go through the gateway")
+    auth = {"X-API-Key": secret} if secret.startswith("vai_") else {"Authorization": f"Bearer {secret}"}
+    return {**auth, "X-Tenant": tenant}
 
 
 def _files(paths: list[str]) -> Iterator[Path]:
@@ -118,7 +129,7 @@ def _ingest_local(files: list[Path], args: argparse.Namespace, settings: Setting
 def _ingest_remote(files: list[Path], args: argparse.Namespace, settings: Settings) -> list[dict[str, Any]]:
     import httpx
 
-    headers = {"X-Tenant": args.tenant}
+    headers = _credentials(args.tenant)
     rows: list[dict[str, Any]] = []
     with httpx.Client(base_url=_gateway(), headers=headers, timeout=60) as http:
         pending: list[tuple[Path, str, bool]] = []
@@ -150,7 +161,7 @@ def cmd_kb_search(args: argparse.Namespace, settings: Settings) -> int:
         import httpx
 
         resp = httpx.post(f"{_gateway()}/v1/kb/search", json={"query": args.query, "top_k": args.top_k},
-                          headers={"X-Tenant": args.tenant}, timeout=30)
+                          headers=_credentials(args.tenant), timeout=30)
         resp.raise_for_status()
         out = resp.json()
     else:
@@ -175,7 +186,7 @@ def cmd_kb_search(args: argparse.Namespace, settings: Settings) -> int:
 def _http(tenant: str) -> Any:
     import httpx
 
-    return httpx.Client(base_url=_gateway(), headers={"X-Tenant": tenant}, timeout=60)
+    return httpx.Client(base_url=_gateway(), headers=_credentials(tenant), timeout=60)
 
 
 def cmd_kb_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -218,7 +229,7 @@ def cmd_ask(args: argparse.Namespace, settings: Settings) -> int:
 
         resp = httpx.post(f"{_gateway()}/v1/kb/ask", json={"question": args.question, "language": args.lang,
                                                            "max_tokens": args.max_tokens},
-                          headers={"X-Tenant": args.tenant}, timeout=300)
+                          headers=_credentials(args.tenant), timeout=300)
         resp.raise_for_status()
         out = resp.json()
     else:

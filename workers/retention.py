@@ -1,8 +1,10 @@
 """Retention and erasure: the scheduled purge (Celery beat) and the GDPR erase of one caller.
 
 * `purge_expired`: for every tenant, calls that started before now - ``configs.retention_days``
-  (7/30/90, per tenant) are deleted with their transcripts and actions (foreign keys cascade), and so
-  are the call-loop writes still spooled for them. One audit entry per tenant with the counts.
+  (7/30/90, per tenant) are deleted with their transcripts and actions. One audit entry per tenant
+  with the counts. A call-loop write still spooled for a purged call (a gateway that could not reach
+  the database for longer than the retention) is refused by the database and set aside by the writer
+  (voiceai.db.writer), not resurrected.
 * `erase_caller`: every call of one caller in one tenant, found by the keyed hash of their number
   (``calls.caller_hash``: the number itself is stored redacted), with its transcripts and actions.
   The audit entry records counts and the hash prefix, never the number.
@@ -13,56 +15,38 @@ deleting the document or offboarding the tenant, not by these jobs.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 
 from voiceai.db.engine import Database
 from voiceai.db.models import Action, AuditLog, Call, Tenant, TenantConfig, Transcript
+from voiceai.db.writer import caller_hash, normalize_caller_id
+
+__all__ = ["caller_hash", "erase_caller", "normalize_caller_id", "purge_expired"]
 
 log = logging.getLogger(__name__)
 
-_DIGITS = str.maketrans({**{chr(0x0660 + d): str(d) for d in range(10)},
-                         **{chr(0x06F0 + d): str(d) for d in range(10)}})
-
-
-def normalize_caller_id(caller_id: str) -> str:
-    """E.164-ish digits: Arabic-Indic digits mapped, separators dropped, UAE 05x -> 9715x, 00 -> +."""
-    digits = re.sub(r"\D", "", caller_id.translate(_DIGITS))
-    if digits.startswith("00"):
-        digits = digits[2:]
-    elif digits.startswith("0") and len(digits) == 10:  # a UAE national number (05x xxx xxxx, 04 xxx xxxx)
-        digits = "971" + digits[1:]
-    return digits
-
-
-def caller_hash(caller_id: str, pepper: bytes) -> str:
-    """The keyed hash calls are found by for an erase request; empty for an unknown caller."""
-    normalized = normalize_caller_id(caller_id)
-    return hmac.new(pepper, normalized.encode(), hashlib.sha256).hexdigest() if normalized else ""
-
 
 async def _delete_calls(session: Any, tenant_id: str, where: Any) -> dict[str, int]:
-    ids = list(await session.scalars(select(Call.id).where(Call.tenant_id == tenant_id, where)))
-    if not ids:
-        return {"calls": 0, "transcripts": 0, "actions": 0}
-    counts = {
-        "transcripts": await session.scalar(select(func.count()).select_from(Transcript).where(
-            Transcript.tenant_id == tenant_id, Transcript.call_id.in_(ids))) or 0,
-        "actions": await session.scalar(select(func.count()).select_from(Action).where(
-            Action.tenant_id == tenant_id, Action.call_id.in_(ids))) or 0,
-    }
+    """Deletes one tenant's calls matching ``where`` with their transcripts and actions; returns the counts.
+
+    The calls are named by a subquery, not a list of ids: a tenant's first purge can cover more calls than
+    a statement may carry bind parameters (32767 on asyncpg; SQLite builds have their own cap)."""
+    calls = select(Call.id).where(Call.tenant_id == tenant_id, where)
     # Explicit deletes rather than relying on ON DELETE CASCADE: SQLite needs foreign keys switched on
-    # per connection, and an erase must not depend on that.
-    await session.execute(delete(Transcript).where(Transcript.tenant_id == tenant_id, Transcript.call_id.in_(ids)))
-    await session.execute(delete(Action).where(Action.tenant_id == tenant_id, Action.call_id.in_(ids)))
-    await session.execute(delete(Call).where(Call.tenant_id == tenant_id, Call.id.in_(ids)))
-    return {"calls": len(ids), **counts}
+    # per connection, and an erase must not depend on that. Children first, so the counts are exact.
+    counts: dict[str, int] = {}
+    for name, table in (("transcripts", Transcript), ("actions", Action)):
+        result = await session.execute(
+            delete(table).where(table.tenant_id == tenant_id, table.call_id.in_(calls))
+            .execution_options(synchronize_session=False))
+        counts[name] = result.rowcount
+    result = await session.execute(delete(Call).where(Call.tenant_id == tenant_id, where)
+                                   .execution_options(synchronize_session=False))
+    return {"calls": result.rowcount, **counts}
 
 
 async def purge_expired(db: Database, now: datetime | None = None) -> dict[str, dict[str, int]]:

@@ -24,4 +24,8 @@ class AuthConfig(BaseModel):
     call_token_ttl_s: int = Field(300, ge=30, le=3600, description="How long a browser caller has to join their call.")
     api_key_pepper: str = Field("", description="HMAC key for API-key hashes (env VOICEAI_API_KEY_PEPPER); empty: a "
                                                 "per-install secret under keys_dir.")
+    anonymous_calls_tenant: str = Field("", description="A tenant whose web page may start calls without "
+                                                         "credentials (a public website widget): POST /v1/calls "
+                                                         "then mints a call token for it. Empty: callers need an "
+                                                         "API key or a user token to start a call.")
     rate_limit: RateLimitConfig = RateLimitConfig()

@@ -235,6 +235,13 @@ async def authenticate(request: Request) -> Principal:
     except AuthError as err:
         raise http_error(err) from None
     request.state.principal = principal
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is not None:  # per tenant and per user / API key (gateway.ratelimit)
+        decision = await limiter.check(principal.tenant_id, principal.principal_id)
+        if not decision.allowed:
+            raise HTTPException(429, detail={"reason": f"rate_limited_{decision.scope}",
+                                             "message": "too many requests; retry later"},
+                                headers={"Retry-After": str(decision.retry_after_s)})
     return principal
 
 

@@ -284,11 +284,20 @@ const transcript = new Transcript(ui.transcript);
 
 // ---- one call -------------------------------------------------------------------------------
 
-function callUrl(language) {
-  // Relative to the page, so a gateway behind a path prefix still works.
-  const url = new URL("v1/calls/ws", window.location.href);
+async function callUrl(language) {
+  // Relative to the page, so a gateway behind a path prefix still works. The gateway mints a call
+  // token (for this page's tenant, or for the signed-in user's) that joins exactly this call, once.
+  const response = await fetch(new URL("v1/calls", window.location.href), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ language }),
+  });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const started = await response.json();
+  const url = new URL(started.ws_path.replace(/^\//, ""), window.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  url.search = new URLSearchParams({ language, sample_rate_hz: String(CALL_RATE_HZ) }).toString();
+  url.searchParams.set("sample_rate_hz", String(CALL_RATE_HZ));
+  url.searchParams.set("token", started.token);
   url.hash = "";
   return url.toString();
 }
@@ -336,8 +345,15 @@ class Call {
     this.connect();
   }
 
-  connect() {
-    const ws = new WebSocket(callUrl(this.language));
+  async connect() {
+    let target;
+    try {
+      target = await callUrl(this.language);
+    } catch (err) {
+      return this.fail(`${t("errors.connection_failed")} ${err.message || err}`);
+    }
+    if (this.over) return this.teardown();
+    const ws = new WebSocket(target);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     this.opened = false;
@@ -436,7 +452,7 @@ class Call {
       if (reason && STRINGS[lang].ended[reason] && !this.userHungUp) notice(t("states.ended"), t(`ended.${reason}`));
       return;
     }
-    if (close.code === 1008) showAlert(`${t("errors.ws_refused")} ${close.reason || close.code}`);
+    if ([1008, 4401, 4403, 4409].includes(close.code)) showAlert(`${t("errors.ws_refused")} ${close.reason || close.code}`);
     else if (!this.opened) showAlert(t("errors.ws_unreachable"));
     else showAlert(`${t("errors.ws_lost")} (${close.code}${close.reason ? `: ${close.reason}` : ""}).`);
     this.teardown();

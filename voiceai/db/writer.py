@@ -10,16 +10,26 @@ mid-outage replays what is left. Every write is idempotent (a call row is insert
 unique per (call, turn, speaker), an end is an update), so a write applied just before a crash and
 replayed after is counted once.
 
-Transcripts are stored redacted (voiceai.pii) unless the tenant opted into full transcripts.
+A write the database refuses for good (a data or integrity error: a turn of a call that no longer
+exists, a value too long for its column) or a spool file that cannot be read is moved to the
+``rejected/`` subfolder with an error log and a metric, so that one bad write cannot hold back every
+later one; transient errors (connection refused, timeouts, a locked SQLite file) are retried.
+
+Transcripts and caller ids are stored redacted (voiceai.pii) unless the tenant opted into full
+transcripts; the tenant's choice is re-read every ``POLICY_TTL_S``. With a ``pepper``, a call also
+gets ``caller_hash`` (`caller_hash` below), by which a GDPR erase request finds it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +38,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voiceai.db.engine import Database
@@ -40,33 +51,78 @@ SPOOL_BYTES = Gauge("voiceai_db_spool_bytes", "Bytes of call-loop writes waiting
 APPLIED = Counter("voiceai_db_writes_total", "Call-loop writes applied, by kind.", ["kind"])
 REFUSED = Counter("voiceai_db_writes_refused_total", "Call-loop writes refused: the spool was full.")
 FAILURES = Counter("voiceai_db_write_failures_total", "Attempts to apply a spooled write that failed.")
+REJECTED = Counter("voiceai_db_writes_rejected_total", "Spooled writes the database refused for good (set aside).")
 
 _NAME = re.compile(r"^(\d{12})\.json$")
+REJECTED_DIR = "rejected"
+# SQLSTATE classes that retrying cannot fix: 22 data exception (a value too long, bad encoding), 23
+# integrity constraint violation (a turn whose call is gone). asyncpg reports most of them as a plain
+# DBAPIError, so the class is read from the driver's error rather than from SQLAlchemy's exception type.
+_PERMANENT_SQLSTATE_CLASSES = ("22", "23")
+# The payload fields each kind of write needs; a file missing one can never be applied.
+_FIELDS = {
+    "call_started": ("call_id", "channel", "language", "started_at", "caller_id"),
+    "turn": ("call_id", "turn", "speaker", "text", "interrupted", "latency", "started_at", "ended_at"),
+    "call_ended": ("call_id", "ended_at", "reason", "outcome", "timings"),
+}
+_ARABIC_DIGITS = str.maketrans({**{chr(0x0660 + d): str(d) for d in range(10)},
+                                **{chr(0x06F0 + d): str(d) for d in range(10)}})
 
 
 class SpoolFull(RuntimeError):
-    pass
+    """The spool is at ``max_bytes``: the write was refused (and logged), nothing was dropped silently."""
+
+
+class _BadWrite(ValueError):
+    """A spool file that can never be applied (unreadable, unknown kind, missing field)."""
 
 
 def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+def _permanent(err: Exception) -> bool:
+    """True for a database error that the same write would hit again on every retry."""
+    if isinstance(err, IntegrityError):
+        return True
+    if isinstance(err, DBAPIError):
+        sqlstate = getattr(err.orig, "sqlstate", None) or getattr(err.orig, "pgcode", None)
+        return isinstance(sqlstate, str) and sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES
+    return False
+
+
+def _transcript_id(call_id: str, turn: int, speaker: str) -> str:
+    """A primary key derived from the turn's identity, so a replayed turn lands on the same row and turns of
+    different calls never share one (a truncated call id would)."""
+    return hashlib.sha256(f"{call_id}\0{turn}\0{speaker}".encode()).hexdigest()[:32]
+
+
 class CallWriter:
+    """Spools call-loop writes to ``spool_dir`` and applies them in order in the background.
+
+    ``pepper`` (the install's secret HMAC key) turns a caller id into ``calls.caller_hash``; without one,
+    calls carry no hash and cannot be found by an erase request.
+    """
+
+    POLICY_TTL_S = 60.0
+    """How long a tenant's full-transcript choice is cached: an opt-out takes effect within this."""
+
     def __init__(self, db: Database, spool_dir: Path, *, max_bytes: int = 256 * 2**20,
-                 redact: Callable[[str], str] | None = None, retry_max_s: float = 5.0) -> None:
+                 redact: Callable[[str], str] | None = None, retry_max_s: float = 5.0,
+                 pepper: bytes | None = None) -> None:
         self.db = db
         self.dir = spool_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.retry_max_s = retry_max_s
         self._redact = redact or _default_redact
+        self._pepper = pepper
         existing = sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _NAME.match(p.name)))
         self._seq = existing[-1] + 1 if existing else 0
         self._bytes = sum(p.stat().st_size for p in self.dir.glob("*.json"))
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._full_transcripts: dict[str, bool] = {}
+        self._full_transcripts: dict[str, tuple[bool, float]] = {}  # tenant -> (choice, monotonic read time)
         self._update_gauges()
 
     # ---- the call loop's side (synchronous, local disk only) ------------------------------------
@@ -89,8 +145,11 @@ class CallWriter:
 
     def call_started(self, tenant_id: str, call_id: str, channel: str, language: str, started_at: float,
                      caller_id: str = "") -> None:
+        """A new call (``started_at``: Unix seconds). The caller id is hashed here, with the pepper."""
+        digest = caller_hash(caller_id, self._pepper) if caller_id and self._pepper else ""
         self.submit("call_started", tenant_id, {"call_id": call_id, "channel": channel, "language": language,
-                                                "started_at": started_at, "caller_id": caller_id})
+                                                "started_at": started_at, "caller_id": caller_id,
+                                                "caller_hash": digest})
 
     def turn(self, tenant_id: str, call_id: str, turn: int, speaker: str, text: str, *, interrupted: bool = False,
              latency: dict[str, Any] | None = None, started_at: float | None = None,
@@ -145,8 +204,14 @@ class CallWriter:
                 continue
             for path in files:
                 try:
-                    await self._apply(json.loads(path.read_bytes()))
+                    await self._apply(_read_op(path))
+                except _BadWrite as err:
+                    self._reject(path, err)
+                    continue
                 except Exception as err:  # the database is down, or refused this write
+                    if _permanent(err):
+                        self._reject(path, err)
+                        continue
                     FAILURES.inc()
                     log.warning("database write failed; will retry", extra={"file": path.name, "error": repr(err)})
                     await asyncio.sleep(delay)
@@ -157,6 +222,17 @@ class CallWriter:
                 self._bytes -= size
                 self._update_gauges()
                 delay = 0.1
+
+    def _reject(self, path: Path, err: Exception) -> None:
+        """Sets a write that can never be applied aside (kept for an operator, out of the replay order)."""
+        REJECTED.inc()
+        log.error("database write rejected; moved aside", extra={"file": path.name, "error": repr(err)})
+        rejected = self.dir / REJECTED_DIR
+        rejected.mkdir(exist_ok=True)
+        size = path.stat().st_size
+        os.replace(path, rejected / path.name)
+        self._bytes -= size
+        self._update_gauges()
 
     async def _apply(self, op: dict[str, Any]) -> None:
         kind, tenant_id, p = op["kind"], op["tenant_id"], op["payload"]
@@ -171,23 +247,26 @@ class CallWriter:
         return dialect.insert(table)
 
     async def _full(self, session: AsyncSession, tenant_id: str) -> bool:
-        if tenant_id not in self._full_transcripts:
-            cfg = await session.scalar(select(TenantConfig.store_full_transcripts)
-                                       .where(TenantConfig.tenant_id == tenant_id))
-            self._full_transcripts[tenant_id] = bool(cfg)
-        return self._full_transcripts[tenant_id]
+        cached = self._full_transcripts.get(tenant_id)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self.POLICY_TTL_S:
+            return cached[0]
+        cfg = await session.scalar(select(TenantConfig.store_full_transcripts)
+                                   .where(TenantConfig.tenant_id == tenant_id))
+        self._full_transcripts[tenant_id] = (bool(cfg), now)
+        return bool(cfg)
 
     async def _apply_call_started(self, session: AsyncSession, tenant_id: str, p: dict[str, Any]) -> None:
         full = await self._full(session, tenant_id)
         await session.execute(self._insert(Call.__table__).values(
             id=p["call_id"], tenant_id=tenant_id, state="active", channel=p["channel"], language=p["language"],
             caller_id=p["caller_id"] if full else self._redact(p["caller_id"]), started_at=_ts(p["started_at"]),
-            timings={}, ended_reason="", outcome="").on_conflict_do_nothing())
+            caller_hash=p.get("caller_hash", ""), timings={}, ended_reason="", outcome="").on_conflict_do_nothing())
 
     async def _apply_turn(self, session: AsyncSession, tenant_id: str, p: dict[str, Any]) -> None:
         full = await self._full(session, tenant_id)
         await session.execute(self._insert(Transcript.__table__).values(
-            id=f"{p['call_id'][:20]}{p['turn']:06d}{p['speaker'][:6]}", tenant_id=tenant_id, call_id=p["call_id"],
+            id=_transcript_id(p["call_id"], p["turn"], p["speaker"]), tenant_id=tenant_id, call_id=p["call_id"],
             turn=p["turn"], speaker=p["speaker"], text=p["text"] if full else self._redact(p["text"]),
             redacted=not full, interrupted=p["interrupted"], latency=p["latency"], started_at=_ts(p["started_at"]),
             ended_at=_ts(p["ended_at"]), created_at=datetime.now(UTC)).on_conflict_do_nothing())
@@ -200,6 +279,38 @@ class CallWriter:
     def _update_gauges(self) -> None:
         SPOOL_BYTES.set(self._bytes)
         SPOOLED.set(self.pending())
+
+
+def _read_op(path: Path) -> dict[str, Any]:
+    """One spooled write, checked enough that a bad file is set aside instead of retried forever."""
+    try:
+        op = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _BadWrite(f"unreadable spool file: {err}") from err
+    if not (isinstance(op, dict) and op.get("kind") in _FIELDS and isinstance(op.get("tenant_id"), str)
+            and op["tenant_id"] and isinstance(op.get("payload"), dict)):
+        raise _BadWrite("not a call-loop write")
+    missing = [f for f in _FIELDS[op["kind"]] if f not in op["payload"]]
+    if missing:
+        raise _BadWrite(f"{op['kind']} write without {', '.join(missing)}")
+    return op
+
+
+def normalize_caller_id(caller_id: str) -> str:
+    """E.164-ish digits: Arabic-Indic digits mapped, separators dropped, UAE 05x -> 9715x, 00 -> +."""
+    digits = re.sub(r"\D", "", caller_id.translate(_ARABIC_DIGITS))
+    if digits.startswith("00"):
+        digits = digits[2:]
+    elif digits.startswith("0") and len(digits) == 10:  # a UAE national number (05x xxx xxxx, 04 xxx xxxx)
+        digits = "971" + digits[1:]
+    return digits
+
+
+def caller_hash(caller_id: str, pepper: bytes) -> str:
+    """The keyed hash (HMAC-SHA256 of the normalised number) calls are stored and found by; empty for an
+    unknown caller. Also exported as ``workers.retention.caller_hash``."""
+    normalized = normalize_caller_id(caller_id)
+    return hmac.new(pepper, normalized.encode(), hashlib.sha256).hexdigest() if normalized else ""
 
 
 def _default_redact(text: str) -> str:

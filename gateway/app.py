@@ -44,18 +44,24 @@ def make_knowledge_base(settings: Settings) -> Any:
     return KnowledgeBase(settings.kb, settings.models_dir, reranker=reranker, queue=queue)
 
 
-class _UploadLimit:
-    """Refuses an oversized upload from its Content-Length, before the body is read or spooled."""
+JSON_BODY_LIMIT = 1 * 2**20
 
-    def __init__(self, app: Any, limit: int) -> None:
+
+class _BodyLimit:
+    """Refuses an oversized body from its Content-Length, before it is read or spooled: documents up to
+    the upload limit, every other request body up to 1 MiB. Chunked bodies are capped where they are
+    read (the upload route reads at most limit + 1 bytes)."""
+
+    def __init__(self, app: Any, upload_limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = upload_limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/kb/documents":
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            limit = self.upload_limit if scope["path"] == "/v1/kb/documents" else JSON_BODY_LIMIT
             length = dict(scope["headers"]).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > self.limit:
-                response = JSONResponse({"detail": f"upload of {int(length)} bytes; the limit is {self.limit} bytes"},
+            if length.isdigit() and int(length) > limit:
+                response = JSONResponse({"detail": f"body of {int(length)} bytes; the limit is {limit} bytes"},
                                         status_code=413)
                 await response(scope, receive, send)
                 return
@@ -96,7 +102,7 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(kb_routes.router)
     # Multipart framing adds a little to the file itself.
-    app.add_middleware(_UploadLimit, limit=settings.kb.max_upload_bytes + 64 * 1024)
+    app.add_middleware(_BodyLimit, upload_limit=settings.kb.max_upload_bytes + 64 * 1024)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -345,21 +345,32 @@ def _requirements(dependant: Dependant) -> list[Permission]:
     return found
 
 
+def _routes(routes: Sequence[Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every route with its full path, including those of routers included lazily (FastAPI >= 0.165 keeps
+    an included router as one entry whose own routes live on ``original_router``)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            context = getattr(route, "include_context", None)
+            yield from _routes(included.routes, prefix + (getattr(context, "prefix", "") or ""))
+        else:
+            yield prefix + getattr(route, "path", "?"), route
+
+
 def route_permissions(app: FastAPI) -> dict[str, list[Permission]]:
     """``"GET /v1/calls"`` -> the permissions its dependencies require (empty: none)."""
     out: dict[str, list[Permission]] = {}
-    for route in app.routes:
+    for path, route in _routes(app.routes):
         if isinstance(route, APIRoute):
             for method in sorted(route.methods or ()):
-                out[f"{method} {route.path}"] = _requirements(route.dependant)
+                out[f"{method} {path}"] = _requirements(route.dependant)
         elif isinstance(route, APIWebSocketRoute):
-            out[f"WS {route.path}"] = _requirements(route.dependant)
+            out[f"WS {path}"] = _requirements(route.dependant)
         elif isinstance(route, Mount):
-            out[f"MOUNT {route.path}"] = []
+            out[f"MOUNT {path}"] = []
         else:
-            methods = sorted(getattr(route, "methods", None) or ["WS"])
-            for method in methods:
-                out[f"{method} {getattr(route, 'path', '?')}"] = []
+            for method in sorted(getattr(route, "methods", None) or ["WS"]):
+                out[f"{method} {path}"] = []
     return out
 
 

@@ -69,13 +69,16 @@ async def list_calls(request: Request, principal: Annotated[Principal, Depends(r
                      limit: int = 50) -> dict[str, Any]:
     if not 1 <= limit <= 500:
         raise HTTPException(422, "limit must be between 1 and 500")
-    async with platform_of(request).db.tenant_session(principal.tenant_id) as session:
-        counts = (select(Transcript.call_id, func.count().label("n")).where(Transcript.tenant_id == principal.tenant_id)
-                  .group_by(Transcript.call_id).subquery())
-        rows = await session.execute(select(Call, counts.c.n).outerjoin(counts, counts.c.call_id == Call.id)
-                                     .where(Call.tenant_id == principal.tenant_id)
-                                     .order_by(Call.started_at.desc()).limit(limit))
-        return {"calls": [_call_summary(call) | {"turns": int(n or 0)} for call, n in rows]}
+    tenant = principal.tenant_id
+    async with platform_of(request).db.tenant_session(tenant) as session:
+        # The page first (index on started_at), then the turn counts of just those calls.
+        calls = list(await session.scalars(select(Call).where(Call.tenant_id == tenant)
+                                           .order_by(Call.started_at.desc()).limit(limit)))
+        counts = dict((await session.execute(
+            select(Transcript.call_id, func.count()).where(Transcript.tenant_id == tenant,
+                                                           Transcript.call_id.in_([c.id for c in calls]))
+            .group_by(Transcript.call_id))).tuples().all()) if calls else {}
+        return {"calls": [_call_summary(c) | {"turns": int(counts.get(c.id, 0))} for c in calls]}
 
 
 @router.get("/v1/calls/{call_id}")

@@ -285,7 +285,7 @@ def test_keys_rotate_signs_new_tokens_with_the_new_key_and_old_ones_still_verify
     ring = KeyRing.load_or_create(cli.keys_dir)
     assert len(ring.kids) == 2 and ring.kids[0] == old_kid
     new_kid = ring.kids[1]
-    assert out.strip() == f"new signing key {new_kid}; keys that still verify: {old_kid}, {new_kid}"
+    assert out.splitlines() == [f"new signing key {new_kid}", f"keys that verify (newest signs): {old_kid}, {new_kid}"]
 
     new_token = cli.ok("admin", "token", "--email", "ahmed.ali@bank.ae").strip()
     assert jwt.get_unverified_header(new_token)["kid"] == new_kid
@@ -293,6 +293,16 @@ def test_keys_rotate_signs_new_tokens_with_the_new_key_and_old_ones_still_verify
     assert verify(ring, cfg, old_token, "access").kid == old_kid
     assert verify(ring, cfg, new_token, "access").kid == new_kid
     assert len(cli.audits("token.issue")) == 2
+    assert len(cli.audits("keys.rotate")) == 1
+
+    # Retiring the old key: its tokens are refused from then on; the signing key cannot be retired.
+    cli.ok("admin", "keys", "retire", old_kid)
+    with pytest.raises(AuthError) as refused:
+        verify(KeyRing.load_or_create(cli.keys_dir), cfg, old_token, "access")
+    assert refused.value.reason == "unknown_kid"
+    assert verify(KeyRing.load_or_create(cli.keys_dir), cfg, new_token, "access").kid == new_kid
+    assert len(cli.audits("keys.retire")) == 1
+    assert cli.ok("admin", "keys", "list").strip().endswith(new_kid)
 
 
 # ---- API keys --------------------------------------------------------------------------------------------

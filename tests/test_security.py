@@ -33,9 +33,10 @@ from voiceai.db.models import AuditLog, Call, Transcript
 
 pytestmark = pytest.mark.integration
 
-# POST /v1/calls checks credentials in its body: anonymous only for auth.anonymous_calls_tenant (tested below).
+# POST /v1/calls checks credentials in its body: anonymous only for auth.anonymous_calls_tenant (tested below);
+# the refresh token in the body is the credential of /v1/auth/refresh and /v1/auth/logout.
 PUBLIC = ["/", "/static", "/health", "/metrics", "/.well-known/jwks.json", "/docs", "/docs/oauth2-redirect",
-          "/redoc", "/openapi.json", "/v1/calls"]
+          "/redoc", "/openapi.json", "/v1/calls", "/v1/auth/refresh", "/v1/auth/logout"]
 INJECTIONS = ["' OR '1'='1", "1; DROP TABLE calls; --", "\" OR \"\"=\"", "%27%20OR%201%3D1", "../../etc/passwd",
               "<script>alert(1)</script>", "ًٌٍَُِّْ\u200f\u202e", "💳" * 50]
 
@@ -108,7 +109,8 @@ def _claims(env: Env, tenant: str = "alpha", role: str = "admin") -> dict[str, A
 
 def test_every_route_is_guarded(env: Env) -> None:
     assert unprotected_routes(env.http.app, public=PUBLIC) == []  # type: ignore[arg-type]
-    assert unprotected_routes(env.http.app, public=PUBLIC[:-1]) == ["POST /v1/calls"]  # type: ignore[arg-type]
+    assert unprotected_routes(env.http.app, public=PUBLIC[:-3]) == [  # type: ignore[arg-type]
+        "POST /v1/auth/logout", "POST /v1/auth/refresh", "POST /v1/calls"]
 
 
 @pytest.mark.parametrize("kind", ["missing", "garbage", "expired", "other_key", "alg_none", "hs256_public_key",
@@ -202,3 +204,36 @@ def test_anonymous_calls_only_for_the_configured_tenant(env: Env) -> None:
     assert env.http.post("/v1/calls", json={"language": "fr"}).status_code == 422
     # A credential decides the tenant: a viewer may not start calls for theirs.
     assert env.http.post("/v1/calls", json={}, headers=env.bearer(role="viewer")).status_code == 403
+
+
+def test_refresh_rotates_and_reuse_revokes_the_login(env: Env) -> None:
+    from gateway.auth.tokens import issue_refresh, verify
+    from voiceai.db.models import User
+
+    async def login() -> str:
+        db = Database(env.settings.db.url)
+        try:
+            async with db.tenant_session(env.tenants["alpha"]) as session:
+                user = User(tenant_id=env.tenants["alpha"], email=f"u{time.time_ns()}@alpha.ae", role="agent")
+                session.add(user)
+                await session.flush()
+                return await issue_refresh(session, user, env.settings.auth)
+        finally:
+            await db.close()
+
+    first = asyncio.run(login())
+    rotated = env.http.post("/v1/auth/refresh", json={"refresh_token": first})
+    assert rotated.status_code == 200
+    body = rotated.json()
+    claims = verify(env.ring, env.settings.auth, body["access_token"], "access")
+    assert (claims.tenant_name, claims.role) == ("alpha", "agent")
+    assert env.http.get("/v1/calls", headers={"Authorization": f"Bearer {body['access_token']}"}).status_code == 200
+    # Presenting the used token again (stolen and replayed) revokes the whole login, the new token too.
+    reused = env.http.post("/v1/auth/refresh", json={"refresh_token": first})
+    assert reused.status_code == 401 and reused.json()["detail"]["reason"] == "refresh_reused"
+    assert env.http.post("/v1/auth/refresh", json={"refresh_token": body["refresh_token"]}).status_code == 401
+    assert env.http.post("/v1/auth/refresh", json={"refresh_token": "x" * 43}).status_code == 401
+    assert env.http.post("/v1/auth/logout", json={"refresh_token": "y" * 43}).status_code == 401
+    second = asyncio.run(login())
+    assert env.http.post("/v1/auth/logout", json={"refresh_token": second}).status_code == 204
+    assert env.http.post("/v1/auth/refresh", json={"refresh_token": second}).status_code == 401

@@ -5,7 +5,7 @@
     voiceai admin user create --tenant T --email E --role admin|supervisor|agent|viewer
     voiceai admin token --email E [--refresh]       # prints an access token (and a refresh token)
     voiceai admin apikey create --tenant T [--role R] [--name N]   # prints the key once
-    voiceai admin keys rotate                        # a new signing key; old ones still verify
+    voiceai admin keys rotate|list|retire KID        # signing keys: rotate, list, stop trusting one
 
 These run with the database owner's URL (``db.admin_url``): they are platform operations, done by
 an operator on the server, and each leaves an entry in audit_logs (actor type ``cli``).
@@ -212,13 +212,33 @@ def cmd_apikey_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_keys_rotate(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    """rotate: a new newest signing key (old ones still verify); retire KID: that key stops verifying
+    (its tokens are refused from then on); list: the key ids, newest last."""
     from gateway.auth.keys import KeyRing
 
     ring = KeyRing.load_or_create(_keys_dir(settings))
-    kid = ring.rotate()
-    print(f"new signing key {kid}; keys that still verify: {', '.join(ring.kids)}")
+    if args.keys_command == "rotate":
+        print(f"new signing key {ring.rotate()}")
+    elif args.keys_command == "retire":
+        if args.kid not in ring.kids:
+            raise ValueError(f"no signing key {args.kid!r}; keys: {', '.join(ring.kids)}")
+        ring.retire(args.kid)
+        print(f"retired {args.kid}")
+    if args.keys_command != "list":
+        asyncio.run(_audit_platform(settings, f"keys.{args.keys_command}", getattr(args, "kid", "") or ""))
+    print("keys that verify (newest signs): " + ", ".join(ring.kids))
     return 0
+
+
+async def _audit_platform(settings: Settings, action: str, target_id: str) -> None:
+    """A platform-level audit row (no tenant), for operations on the whole install."""
+    db = _db(settings)
+    try:
+        async with db.admin_session() as session:
+            session.add(_audit(action, None, "signing_key", target_id))
+    finally:
+        await db.close()
 
 
 def _print(out: dict[str, Any], args: argparse.Namespace) -> None:
@@ -269,7 +289,11 @@ def add_parsers(sub: Any, run: Any) -> None:
     kc.set_defaults(func=run(cmd_apikey_create))
 
     ks = asub.add_parser("keys", help="token signing keys").add_subparsers(dest="keys_command", required=True)
-    ks.add_parser("rotate", help="add a new signing key").set_defaults(func=run(cmd_keys_rotate))
+    ks.add_parser("rotate", help="add a new signing key").set_defaults(func=run(cmd_keys))
+    ks.add_parser("list", help="the signing keys").set_defaults(func=run(cmd_keys))
+    kr = ks.add_parser("retire", help="stop accepting tokens signed by a key")
+    kr.add_argument("kid")
+    kr.set_defaults(func=run(cmd_keys))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import auth_routes
+from gateway import auth_routes, config_routes
 from gateway import calls as calls_routes
 from gateway import kb as kb_routes
 from gateway.auth.deps import Principal, require_ws
@@ -124,6 +124,7 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
 
     app.include_router(calls_routes.router)
     app.include_router(auth_routes.router)
+    app.include_router(config_routes.router)
 
     @app.get("/.well-known/jwks.json", include_in_schema=False)
     async def jwks() -> dict[str, Any]:

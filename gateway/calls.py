@@ -77,7 +77,7 @@ async def list_calls(request: Request, principal: Annotated[Principal, Depends(r
         counts = dict((await session.execute(
             select(Transcript.call_id, func.count()).where(Transcript.tenant_id == tenant,
                                                            Transcript.call_id.in_([c.id for c in calls]))
-            .group_by(Transcript.call_id))).tuples().all()) if calls else {}
+            .group_by(Transcript.call_id))).all()) if calls else {}
         return {"calls": [_call_summary(c) | {"turns": int(counts.get(c.id, 0))} for c in calls]}
 
 

@@ -106,6 +106,8 @@ async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, 
             writer.turn(tenant_id, call_id, turn.index, "caller", turn.user_text, latency=latency)
             writer.turn(tenant_id, call_id, turn.index, "bot", turn.bot_text, interrupted=turn.interrupted,
                         latency={"sources": turn.sources, "fallbacks": turn.fallbacks})
+            for n, action in enumerate(turn.actions):
+                writer.action(tenant_id, call_id, turn.index, n, action)
 
     session = CallSession(call_id, settings, clients, transport, language=language,
                           greeting=params.get("greeting", "1") != "0", on_turn=on_turn, tenant=principal.tenant_name)

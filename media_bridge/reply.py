@@ -41,6 +41,7 @@ class TurnRecord:
     timings: TurnTimings
     fallbacks: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)  # tools run for this reply (call record only)
 
     def as_event(self) -> dict[str, Any]:
         return {"type": "turn", "turn": self.index, "user_text": self.user_text, "bot_text": self.bot_text,

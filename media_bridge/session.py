@@ -568,6 +568,7 @@ class CallSession:
                         phrases.put_nowait(p)
                 elif isinstance(event, GenerationFinal) and turn is not None:
                     turn.sources = list(event.sources)
+                    turn.actions = list(event.actions)
             for p in chunker.flush():
                 phrases.put_nowait(p)
         finally:

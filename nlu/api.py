@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant", "tool"]
 
@@ -98,6 +98,9 @@ class GenerationFinal:
     usage: Usage = field(default_factory=Usage)
     timings: GenerationTimings = field(default_factory=GenerationTimings)
     sources: tuple[str, ...] = ()
+    # Tools run on the model's behalf during this reply (name, arguments, result, status, latency_ms),
+    # for the call record; filled by the layer that ran them (rag.answer.GroundedLlm), not by the engine.
+    actions: tuple[dict[str, Any], ...] = ()
 
 
 LlmEvent = TextDelta | ToolCallResult | GenerationFinal

@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prometheus_client import Counter
@@ -89,6 +89,7 @@ class Grounding:
 
     result: SearchResult | None = None
     declined: bool = False
+    actions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class GroundedLlm:
@@ -137,13 +138,18 @@ class GroundedLlm:
             if isinstance(event, GenerationFinal):
                 if lookup is not None and allow_tool:
                     break
-                event = replace(event, sources=_sources(hits))
+                event = replace(event, sources=_sources(hits), actions=tuple(self.last.actions))
             yield event
         if lookup is None or not allow_tool:
             return
         query = _tool_query(lookup)
+        started = time.perf_counter()
         result = await self._search(query) if query else None
         found = result.hits if result is not None and result.answerable else []
+        self.last.actions.append({
+            "name": SEARCH_TOOL.name, "arguments": {"query": query},
+            "result": {"documents": [h.document for h in found]},
+            "status": "ok" if query else "invalid", "latency_ms": round((time.perf_counter() - started) * 1000)})
         self.last.result = result or self.last.result
         content = json.dumps({"results": [{"document": h.document, "text": h.text} for h in found]}
                              if found else {"results": [], "note": "nothing relevant found"}, ensure_ascii=False)

@@ -152,6 +152,9 @@ async def test_search_kb_tool_is_answered_in_a_second_round(kb: KnowledgeBase) -
     assert llm.rounds[1].messages[-1].role == "tool" and llm.rounds[1].tool_choice == "none"
     assert text == "from tool: 700"
     assert "cards.md" in final.sources
+    assert [(a["name"], a["arguments"], a["status"]) for a in final.actions] == [
+        ("search_kb", {"query": "Platinum card annual fee"}, "ok")]
+    assert "cards.md" in final.actions[0]["result"]["documents"]
 
 
 @pytest.mark.unit

@@ -562,3 +562,36 @@ async def test_erase_caller_removes_one_callers_data_in_one_tenant(backend: Back
     finally:
         await app.close()
         await admin.close()
+
+
+async def test_tool_calls_are_recorded_as_actions_redacted(tmp_path: Path) -> None:
+    """A tool the bot ran (search_kb) lands in `actions` once, its arguments redacted like transcripts."""
+    from sqlalchemy import select
+
+    from gateway.platform import ensure_tenant
+    from voiceai.db import migrate
+    from voiceai.db.engine import Database
+    from voiceai.db.models import Action
+    from voiceai.db.writer import CallWriter
+
+    url = f"sqlite:///{tmp_path / 'v.sqlite3'}"
+    migrate.upgrade(url)
+    db = Database(url)
+    try:
+        tenant_id = await ensure_tenant(db, "bank")
+        writer = CallWriter(db, tmp_path / "spool")
+        writer.start()
+        writer.call_started(tenant_id, "c" * 32, "websocket", "en", 1_700_000_000.0)
+        action = {"name": "search_kb", "arguments": {"query": "card for 0501234567"},
+                  "result": {"documents": ["cards.md"]}, "status": "ok", "latency_ms": 12}
+        writer.action(tenant_id, "c" * 32, 1, 0, action)
+        writer.action(tenant_id, "c" * 32, 1, 0, action)  # a replay
+        await writer.flush()
+        await writer.stop()
+        async with db.tenant_session(tenant_id) as session:
+            rows = list(await session.scalars(select(Action)))
+        assert len(rows) == 1
+        assert rows[0].arguments == {"query": "card for [PHONE]"} and rows[0].result == {"documents": ["cards.md"]}
+        assert (rows[0].name, rows[0].turn, rows[0].latency_ms) == ("search_kb", 1, 12)
+    finally:
+        await db.close()

@@ -237,3 +237,22 @@ def test_refresh_rotates_and_reuse_revokes_the_login(env: Env) -> None:
     second = asyncio.run(login())
     assert env.http.post("/v1/auth/logout", json={"refresh_token": second}).status_code == 204
     assert env.http.post("/v1/auth/refresh", json={"refresh_token": second}).status_code == 401
+
+
+def test_tenant_config_read_write_audited_and_role_checked(env: Env) -> None:
+    admin, supervisor, agent = env.bearer(role="admin"), env.bearer(role="supervisor"), env.bearer(role="agent")
+    assert env.http.get("/v1/config", headers=agent).status_code == 403
+    current = env.http.get("/v1/config", headers=supervisor)
+    assert current.status_code == 200 and current.json()["retention_days"] == 30
+    assert env.http.put("/v1/config", json={"retention_days": 7}, headers=supervisor).status_code == 403
+    before = env.counts()[0]
+    updated = env.http.put("/v1/config", headers=admin, json={
+        "retention_days": 90, "store_full_transcripts": True, "languages": {"enabled": ["ar"], "default": "ar"}})
+    assert updated.status_code == 200
+    assert (updated.json()["retention_days"], updated.json()["store_full_transcripts"]) == (90, True)
+    assert env.counts()[0] == before + 1  # audited
+    for bad in ({"retention_days": 45}, {"languages": {"enabled": ["fr"]}}, {"unknown": 1},
+                {"store_full_transcripts": "' OR 1=1"}):
+        assert env.http.put("/v1/config", json=bad, headers=admin).status_code == 422, bad
+    # Beta's config is its own.
+    assert env.http.get("/v1/config", headers=env.bearer("beta", "admin")).json()["retention_days"] == 30

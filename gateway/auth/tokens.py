@@ -244,13 +244,16 @@ async def _reused(session: AsyncSession, family_id: str, now: datetime) -> None:
     raise AuthError("refresh_reused", message="refresh token reused; every session of this login was revoked")
 
 
-async def revoke_family(session: AsyncSession, family_id: str, *, now: datetime | None = None) -> int:
-    """Revokes every live token of one login (logout, reuse); returns how many were live."""
+async def _revoke_where(session: AsyncSession, condition: Any, now: datetime | None) -> int:
     result = cast(CursorResult[Any], await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        update(RefreshToken).where(condition, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now or datetime.now(UTC))))
     return result.rowcount
+
+
+async def revoke_family(session: AsyncSession, family_id: str, *, now: datetime | None = None) -> int:
+    """Revokes every live token of one login (logout, reuse); returns how many were live."""
+    return await _revoke_where(session, RefreshToken.family_id == family_id, now)
 
 
 async def revoke_refresh(session: AsyncSession, token: str, *, now: datetime | None = None) -> bool:
@@ -265,8 +268,4 @@ async def revoke_refresh(session: AsyncSession, token: str, *, now: datetime | N
 
 async def revoke_user_refresh(session: AsyncSession, user_id: str, *, now: datetime | None = None) -> int:
     """Logs a user out everywhere (disabled, role changed, password reset); returns how many were live."""
-    result = cast(CursorResult[Any], await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=now or datetime.now(UTC))))
-    return result.rowcount
+    return await _revoke_where(session, RefreshToken.user_id == user_id, now)

@@ -42,7 +42,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voiceai.db.engine import Database
-from voiceai.db.models import Call, TenantConfig, Transcript
+from voiceai.db.models import Action, Call, TenantConfig, Transcript
+from voiceai.pii import redact_obj
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ _FIELDS = {
     "call_started": ("call_id", "channel", "language", "started_at", "caller_id"),
     "turn": ("call_id", "turn", "speaker", "text", "interrupted", "latency", "started_at", "ended_at"),
     "call_ended": ("call_id", "ended_at", "reason", "outcome", "timings"),
+    "action": ("call_id", "turn", "index", "name"),
 }
 _ARABIC_DIGITS = str.maketrans({**{chr(0x0660 + d): str(d) for d in range(10)},
                                 **{chr(0x06F0 + d): str(d) for d in range(10)}})
@@ -163,6 +165,10 @@ class CallWriter:
                    timings: dict[str, Any] | None = None) -> None:
         self.submit("call_ended", tenant_id, {"call_id": call_id, "ended_at": ended_at, "reason": reason,
                                               "outcome": outcome, "timings": timings or {}})
+
+    def action(self, tenant_id: str, call_id: str, turn: int, index: int, action: dict[str, Any]) -> None:
+        """A tool the bot ran during turn ``turn`` (the ``index``-th of that turn)."""
+        self.submit("action", tenant_id, {"call_id": call_id, "turn": turn, "index": index, **action})
 
     # ---- the applier -------------------------------------------------------------------------------
 
@@ -268,7 +274,7 @@ class CallWriter:
     @property
     def _handlers(self) -> dict[str, Callable[[AsyncSession, str, dict[str, Any]], Awaitable[None]]]:
         return {"call_started": self._apply_call_started, "turn": self._apply_turn,
-                "call_ended": self._apply_call_ended}
+                "call_ended": self._apply_call_ended, "action": self._apply_action}
 
     async def _apply(self, op: dict[str, Any]) -> None:
         kind, tenant_id, p = op["kind"], op["tenant_id"], op["payload"]
@@ -304,6 +310,17 @@ class CallWriter:
             turn=p["turn"], speaker=p["speaker"], text=p["text"] if full else self._redact(p["text"]),
             redacted=not full, interrupted=p["interrupted"], latency=p["latency"], started_at=_ts(p["started_at"]),
             ended_at=_ts(p["ended_at"]), created_at=datetime.now(UTC)).on_conflict_do_nothing())
+
+    async def _apply_action(self, session: AsyncSession, tenant_id: str, p: dict[str, Any]) -> None:
+        """Arguments and results are redacted like transcripts (a caller's number in a lookup query)."""
+        full = await self._full(session, tenant_id)
+        clean = (lambda v: v) if full else redact_obj
+        digest = hashlib.sha256(f"{p['call_id']}/{p['turn']}/{p['index']}".encode()).hexdigest()[:32]
+        await session.execute(self._insert(Action.__table__).values(
+            id=digest, tenant_id=tenant_id, call_id=p["call_id"], turn=p["turn"], name=str(p.get("name", ""))[:100],
+            arguments=clean(p.get("arguments") or {}), result=clean(p.get("result") or {}),
+            status=str(p.get("status", "ok"))[:16], latency_ms=int(p.get("latency_ms") or 0),
+            created_at=datetime.now(UTC)).on_conflict_do_nothing())
 
     async def _apply_call_ended(self, session: AsyncSession, tenant_id: str, p: dict[str, Any]) -> None:
         await session.execute(update(Call).where(Call.tenant_id == tenant_id, Call.id == p["call_id"]).values(

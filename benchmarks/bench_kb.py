@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -42,10 +43,33 @@ CORPUS = KB / "corpus"
 TENANT = "gulfbank"
 
 
+def _platform_db(folder: Path) -> str:
+    """A migrated SQLite platform database under ``folder`` with the corpus tenants (the registry's home)."""
+    from gateway.platform import ensure_tenant
+    from voiceai.db import migrate
+    from voiceai.db.engine import Database
+
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{folder / 'voiceai.sqlite3'}"
+    migrate.upgrade(url)
+
+    async def create() -> None:
+        db = Database(url)
+        try:
+            for tenant_dir in sorted(CORPUS.iterdir()):
+                await ensure_tenant(db, tenant_dir.name)
+        finally:
+            await db.close()
+
+    asyncio.run(create())
+    return url
+
+
 def _kb(tmp: Path, cfg: KbConfig | None = None, **kw: Any) -> KnowledgeBase:
     settings = load_settings(profile="cpu", env={})
     base = cfg or settings.kb
-    return KnowledgeBase(base.model_copy(update={"data_dir": tmp}), settings.models_dir, **kw)
+    return KnowledgeBase(base.model_copy(update={"data_dir": tmp}), settings.models_dir,
+                         db_url=_platform_db(tmp / "db"), **kw)
 
 
 def ingest_corpus(kb: KnowledgeBase) -> dict[str, float]:
@@ -213,8 +237,6 @@ def bench_ingest(tmp: Path) -> dict[str, Any]:
 
 def bench_rerank(tmp: Path, candidates: int = 5) -> dict[str, Any]:
     """LLM judge vs fused order, on the answerable questions, reranking the top `candidates`."""
-    import asyncio
-
     from nlu.engine_launcher import LlamaCppEngine
     from rag.rerank import LlmJudgeReranker
 

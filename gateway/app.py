@@ -34,6 +34,7 @@ def make_knowledge_base(settings: Settings) -> Any:
     """The gateway's knowledge base: ingestion through Celery when a broker is set, else in-process."""
     from rag.rerank import make_reranker
     from rag.service import KnowledgeBase
+    from voiceai.db.engine import resolve_url
 
     queue = None
     if settings.kb.broker_url:
@@ -42,7 +43,9 @@ def make_knowledge_base(settings: Settings) -> Any:
         queue = CeleryQueue()
     eng = settings.nlu.engine
     reranker = make_reranker(settings.kb.rerank, settings.models_dir, eng.base_url, eng.model, eng.api_key)
-    return KnowledgeBase(settings.kb, settings.models_dir, reranker=reranker, queue=queue)
+    # The platform (built first in the lifespan) has already migrated an embedded database.
+    return KnowledgeBase(settings.kb, settings.models_dir, db_url=resolve_url(settings.db), reranker=reranker,
+                         queue=queue)
 
 
 JSON_BODY_LIMIT = 1 * 2**20

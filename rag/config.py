@@ -51,7 +51,8 @@ class RerankConfig(BaseModel):
 class KbConfig(BaseModel):
     """Ingestion, retrieval and grounding of replies in a tenant's documents."""
 
-    data_dir: Path = Field(REPO_ROOT / "data" / "kb", description="Document registry, uploads, local vectors.")
+    data_dir: Path = Field(REPO_ROOT / "data" / "kb", description="Uploads and local vectors (the document registry "
+                                                                  "is in the platform database).")
     embedding: EmbeddingConfig = EmbeddingConfig()
     store: StoreConfig = StoreConfig()
     rerank: RerankConfig = RerankConfig()

@@ -1,9 +1,9 @@
 """The knowledge base of every tenant: upload, ingest, delete, search. One object per process.
 
-Uploads are registered and their bytes kept under ``kb.data_dir/uploads`` (production: a volume
-the gateway and the workers share), then handed to an ingest queue: Celery when ``kb.broker_url``
-is set, else a thread in this process. Ingestion (`KnowledgeBase.process`) is idempotent: a retry
-after a crash overwrites the same point ids and commits once.
+Uploads are registered (the platform database's ``kb_documents``: `rag.registry`) and their bytes kept
+under ``kb.data_dir/uploads`` (production: a volume the gateway and the workers share), then handed to an
+ingest queue: Celery when ``kb.broker_url`` is set, else a thread in this process. Ingestion
+(`KnowledgeBase.process`) is idempotent: a retry after a crash overwrites the same point ids and commits once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rag.chunking import chunk_document
 from rag.config import KbConfig
 from rag.embedding import Embedder, make_embedder
 from rag.loaders import SUPPORTED_EXTENSIONS, DocumentError, load_document
-from rag.registry import DocumentRecord, DocumentRegistry
+from rag.registry import DocumentRecord, SqlDocumentRegistry
 from rag.rerank import Reranker
 from rag.retrieval import Retriever, SearchResult
 from rag.store import ChunkPoint, QdrantStore, check_tenant
@@ -91,12 +91,19 @@ def content_hash(data: bytes) -> str:
 
 
 class KnowledgeBase:
-    def __init__(self, cfg: KbConfig, models_dir: Path, *, embedder: Embedder | None = None,
+    """Every tenant's documents: the registry in the platform database at ``db_url`` (the application's URL,
+    ``resolve_url(settings.db)``; tenants must exist there), uploads and local vectors under ``cfg.data_dir``.
+    ``registry`` replaces the one built from ``db_url``."""
+
+    def __init__(self, cfg: KbConfig, models_dir: Path, *, db_url: str | None = None,
+                 registry: SqlDocumentRegistry | None = None, embedder: Embedder | None = None,
                  reranker: Reranker | None = None, queue: IngestQueue | None = None) -> None:
+        if registry is None and not db_url:
+            raise ValueError("the knowledge base needs the platform database: pass db_url (resolve_url(settings.db))")
         self.cfg = cfg
         self.models_dir = models_dir
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = DocumentRegistry(cfg.data_dir / "registry.sqlite3")
+        self.registry = registry or SqlDocumentRegistry(str(db_url))
         self.embedder = embedder or make_embedder(cfg.embedding, models_dir)
         self.store = QdrantStore(cfg.store, cfg.data_dir, self.embedder.dim, self.embedder.sparse_kind)
         self.retriever = Retriever(self.embedder, self.store, cfg, reranker)
@@ -225,7 +232,10 @@ class KnowledgeBase:
 
     def has_documents(self, tenant: str) -> bool:
         """Whether the tenant has anything indexed (with nothing, replies are not grounded at all)."""
-        return bool(self.registry.list(check_tenant(tenant), "indexed"))
+        try:
+            return self.registry.has_status(check_tenant(tenant), "indexed")
+        except ValueError:  # not a tenant of this platform: nothing to ground in
+            return False
 
     def search(self, tenant: str, query: str, top_k: int | None = None) -> SearchResult:
         return self.retriever.search(check_tenant(tenant), query, top_k)

@@ -158,7 +158,7 @@ def test_upgrade_creates_every_table_with_rls_and_the_app_role(pg: PgDatabase) -
     assert migrate.current(owner_url) is None
     migrate.upgrade(owner_url, app_role=pg.app_role)
 
-    assert migrate.current(owner_url) == migrate.head() == "0001"
+    assert migrate.current(owner_url) == migrate.head() == "0002"
     assert _schema_drift(owner_url) == []
     with pg.connect(pg.owner) as conn:
         assert _pg_tables(conn) == ALL_TABLES | {"alembic_version"}
@@ -185,7 +185,8 @@ def test_postgres_up_down_up(pg: PgDatabase) -> None:
     with pg.connect(pg.owner) as conn:
         assert _pg_tables(conn) == {"alembic_version"}  # alembic keeps its (now empty) bookkeeping table
         assert _count(conn, "pg_policies") == 0
-        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'audit_logs_append_only'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_proc WHERE proname IN ('audit_logs_append_only', "
+                            "'tenant_id_of')").fetchone() == (0,)
         # Roles are cluster-wide: left in place, with nothing granted in this database any more.
         assert conn.execute("SELECT has_database_privilege(%s, current_database(), 'CONNECT'), "
                             "has_schema_privilege(%s, 'public', 'CREATE')", (pg.app_role, pg.app_role)).fetchone() \
@@ -193,7 +194,7 @@ def test_postgres_up_down_up(pg: PgDatabase) -> None:
 
     # Again, now with the application role already there: 0001 reuses it.
     migrate.upgrade(owner_url, app_role=pg.app_role)
-    assert migrate.current(owner_url) == "0001"
+    assert migrate.current(owner_url) == "0002"
     assert _schema_drift(owner_url) == []
 
 
@@ -224,7 +225,7 @@ def test_sqlite_up_down_up(tmp_path: Path) -> None:
     assert objects() == {("table", "alembic_version")}
     assert migrate.current(url) is None
     migrate.upgrade(url)
-    assert migrate.current(url) == "0001"
+    assert migrate.current(url) == "0002"
 
 
 def test_role_names_are_checked_before_they_reach_sql() -> None:

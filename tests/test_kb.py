@@ -1,7 +1,8 @@
 """The knowledge base on the real stack: retrieval quality, tenant isolation, ingestion semantics, bad
 files, REST (/v1/kb through the gateway app) and the `voiceai kb` commands.
 
-Real multilingual-e5-small, real qdrant-client local mode on disk, real SQLite registry. One knowledge
+Real multilingual-e5-small, real qdrant-client local mode on disk, the registry in a real (SQLite) platform
+database. One knowledge
 base per module holds the bilingual corpus (benchmarks/kb/corpus, ~25 s to ingest on 2 cores); tests
 that change things use tenants of their own so the corpus tenants stay as ingested. Celery is
 covered in tests/test_kb_worker.py.
@@ -30,7 +31,7 @@ from rag.sparse import bm25_query
 from rag.store import ChunkPoint, check_tenant
 from tests import kb_docs
 from tests.fakes import FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient
-from tests.platform_helpers import isolate
+from tests.platform_helpers import isolate, kb_database
 from tests.servers import wait_until
 from voiceai import cli
 from voiceai.config import Settings, load_settings
@@ -53,21 +54,27 @@ class HeldQueue:
 
 
 KEYS: list[Path] = []  # the REST app's signing-key folder (set by kb_settings)
+# Every tenant the module's knowledge base sees: the registry refuses tenants the platform database lacks.
+TENANTS = ("gulfbank", "nilecom", "dup", "del", "versions", "overlap-in-upload-order", "overlap-newest-first", "crash",
+           "bad-batch", "refused", "rest-ar", "rest-bad", "rest-refused")
 
 
 @pytest.fixture(scope="module")
 def kb_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    KEYS[:] = [tmp_path_factory.mktemp("platform") / "keys"]
+    """Settings whose platform database (the one the REST app's `isolate` also opens) holds `TENANTS`."""
+    platform = tmp_path_factory.mktemp("platform")
+    KEYS[:] = [platform / "keys"]
     settings = load_settings(profile="cpu", env={})
     kb_cfg = settings.kb.model_copy(update={"data_dir": tmp_path_factory.mktemp("kb"),
                                             "max_upload_bytes": MAX_UPLOAD_BYTES})
-    return settings.model_copy(update={"kb": kb_cfg})
+    db = settings.db.model_copy(update={"url": kb_database(platform, *TENANTS), "admin_url": ""})
+    return settings.model_copy(update={"kb": kb_cfg, "db": db})
 
 
 @pytest.fixture(scope="module")
 def kb(kb_settings: Settings) -> Iterator[KnowledgeBase]:
     """Both corpus tenants (gulfbank: 8 documents, nilecom: 4), indexed once for the module."""
-    base = KnowledgeBase(kb_settings.kb, kb_settings.models_dir)
+    base = KnowledgeBase(kb_settings.kb, kb_settings.models_dir, db_url=kb_settings.db.url)
     try:
         for tenant_dir in sorted(CORPUS.iterdir()):
             for path in sorted(tenant_dir.iterdir()):
@@ -147,6 +154,10 @@ def test_cli_kb_ingest_search_list_delete(tmp_path: Path, monkeypatch: pytest.Mo
                 "VOICEAI_QDRANT_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VOICEAI_KB_DIR", str(tmp_path / "kb"))
+    # A platform database of its own, not yet created: `kb ingest` migrates it and, on this embedded
+    # database, creates the missing tenant (on Postgres it would refuse).
+    monkeypatch.setenv("VOICEAI_DATABASE_URL", f"sqlite:///{tmp_path / 'voiceai.sqlite3'}")
+    monkeypatch.delenv("VOICEAI_DATABASE_ADMIN_URL", raising=False)
     docs = tmp_path / "docs"
     docs.mkdir()
     shutil.copy(CORPUS / "gulfbank" / "branch_and_call_centre_hours.txt", docs)
@@ -157,7 +168,11 @@ def test_cli_kb_ingest_search_list_delete(tmp_path: Path, monkeypatch: pytest.Mo
         code = cli.main(list(argv))
         return code, capsys.readouterr().out
 
-    code, out = run("kb", "ingest", str(docs), "--tenant", "gulfbank", "--json")
+    assert cli.main(["kb", "list", "--tenant", "gulfbank"]) == 2  # no such tenant yet: refused, clearly
+    assert "no tenant named 'gulfbank'" in capsys.readouterr().err
+    code = cli.main(["kb", "ingest", str(docs), "--tenant", "gulfbank", "--json"])
+    out, err = capsys.readouterr()
+    assert "created tenant 'gulfbank' in the embedded database" in err
     rows = {Path(r["file"]).name: r for r in json.loads(out)["documents"]}
     assert code == 1  # one document failed
     assert rows["broken.pdf"]["status"] == "failed" and rows["broken.pdf"]["error"]["reason"] == "corrupt"

@@ -23,6 +23,7 @@ from nlu.api import (
 from rag.answer import DECLINE, SEARCH_TOOL, GroundedLlm, looks_like_question
 from rag.service import KnowledgeBase
 from tests.fakes import FakeLlmClient
+from tests.platform_helpers import kb_database
 from voiceai.config import load_settings
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,8 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> KnowledgeBase:
     settings = load_settings(profile="cpu", env={})
     cfg = settings.kb.model_copy(update={"data_dir": tmp_path_factory.mktemp("kb")})
     cfg.store = cfg.store.model_copy(update={"path": ":memory:"})
-    base = KnowledgeBase(cfg, settings.models_dir)
+    db_url = kb_database(tmp_path_factory.mktemp("platform"), "bank", "emptytenant")
+    base = KnowledgeBase(cfg, settings.models_dir, db_url=db_url)
     for name, data in (("cards.md", EN_DOC), ("hours.md", AR_DOC)):
         base.submit("bank", name, data)
     base.queue.drain()  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ from celery.signals import task_prerun
 from rag.service import KnowledgeBase
 from rag.store import QdrantStore
 from tests import kb_docs
+from tests.platform_helpers import kb_database
 from tests.servers import wait_until
 from voiceai.config import load_settings
 
@@ -87,7 +88,7 @@ def shared_kb(tmp_path: Path, celery_app: Celery) -> Iterator[KnowledgeBase]:
 
     settings = load_settings(profile="cpu", env={})
     base = KnowledgeBase(settings.kb.model_copy(update={"data_dir": tmp_path / "kb"}), settings.models_dir,
-                         queue=CeleryQueue())
+                         db_url=kb_database(tmp_path / "platform", "bank"), queue=CeleryQueue())
     use_knowledge_base(base)
     try:
         yield base
@@ -190,19 +191,23 @@ def test_a_worker_killed_mid_document_is_redelivered_and_indexes_it_once(
     data_dir = tmp_path / "kb"
     config = tmp_path / "voiceai.toml"
     config.write_text(f"[kb]\nvisibility_timeout_s = {VISIBILITY_TIMEOUT_S}\n")
+    # The registry is in the platform database: the workers reach the test's through the environment.
+    db_url = kb_database(tmp_path / "platform", "bank")
     env = {**os.environ, "VOICEAI_KB_DIR": str(data_dir), "VOICEAI_BROKER_URL": BROKER_URL,
-           "VOICEAI_CONFIG": str(config), "VOICEAI_PROFILE": "cpu"}
+           "VOICEAI_CONFIG": str(config), "VOICEAI_PROFILE": "cpu", "VOICEAI_DATABASE_URL": db_url}
     env.pop("VOICEAI_QDRANT_URL", None)
+    env.pop("VOICEAI_DATABASE_ADMIN_URL", None)
     settings = load_settings(env=env)  # what the worker processes load
     assert settings.kb.visibility_timeout_s == VISIBILITY_TIMEOUT_S and settings.kb.data_dir == data_dir
+    assert settings.db.url == db_url
 
     # The uploads side (registry, upload blobs, CeleryQueue) is the real KnowledgeBase.submit on the
-    # workers' data dir. Its own vector store is in memory: submit never touches the store, and the
+    # workers' data dir and database. Its own vector store is in memory: submit never touches the store, and the
     # local-mode folder (data_dir/qdrant) is locked by whichever worker is running.
     from workers.tasks import CeleryQueue
 
     uploads_cfg = settings.kb.model_copy(update={"store": settings.kb.store.model_copy(update={"path": ":memory:"})})
-    uploads = KnowledgeBase(uploads_cfg, settings.models_dir, queue=CeleryQueue())
+    uploads = KnowledgeBase(uploads_cfg, settings.models_dir, db_url=db_url, queue=CeleryQueue())
     tenant = "bank"
 
     def status() -> str:

@@ -15,7 +15,7 @@ VOICEAI_NLU_ADDRESS        host:port of a running NLU server
 VOICEAI_TTS_ADDRESS        host:port of a running TTS server
 VOICEAI_LLM_BASE_URL       OpenAI-compatible engine URL (vLLM), ending in /v1
 VOICEAI_LLM_API_KEY        bearer token for that engine
-VOICEAI_KB_DIR             knowledge-base data (registry, uploads, local vectors)
+VOICEAI_KB_DIR             knowledge-base files (uploads, local vectors; the registry is in the database)
 VOICEAI_QDRANT_URL         Qdrant server (empty: qdrant-client local mode)
 VOICEAI_QDRANT_API_KEY     Qdrant API key
 VOICEAI_BROKER_URL         Celery broker for ingestion (empty: ingest in-process)

@@ -67,13 +67,44 @@ class _Deferred:
 
 
 def open_kb(settings: Settings, deferred: bool = False) -> Any:
+    """This machine's knowledge base, its registry in the platform database (the embedded one migrated first)."""
     from rag.rerank import make_reranker
     from rag.service import KnowledgeBase
+    from voiceai.db.migrate import application_url
 
+    db_url = application_url(settings.db)
     eng = settings.nlu.engine
     reranker = make_reranker(settings.kb.rerank, settings.models_dir, eng.base_url, eng.model, eng.api_key)
-    return KnowledgeBase(settings.kb, settings.models_dir, reranker=reranker,
+    return KnowledgeBase(settings.kb, settings.models_dir, db_url=db_url, reranker=reranker,
                          queue=_Deferred() if deferred else None)
+
+
+def _require_tenant(kb: Any, tenant: str) -> None:
+    """The tenant must exist. On the embedded SQLite database `kb ingest` creates a missing one, so the
+    first-run flow (`voiceai kb ingest benchmarks/kb/corpus/gulfbank --tenant gulfbank`) needs no admin
+    step; on Postgres tenants are the operator's (`voiceai admin tenant create`), and a missing one is a
+    ValueError (exit 2)."""
+    from gateway.platform import ensure_tenant
+    from rag.store import check_tenant
+    from voiceai.db.engine import Database
+
+    try:
+        kb.registry.tenant_id(check_tenant(tenant))
+        return
+    except ValueError:
+        if kb.registry.url.get_backend_name() != "sqlite":
+            raise
+
+    async def create() -> None:
+        db = Database(kb.registry.url.render_as_string(hide_password=False))
+        try:
+            await ensure_tenant(db, tenant)
+        finally:
+            await db.close()
+
+    asyncio.run(create())
+    print(f"note: created tenant {tenant!r} in the embedded database (with Postgres, create tenants with "
+          f"`voiceai admin tenant create {tenant}`)", file=sys.stderr)
 
 
 def _result_row(path: Path, doc: dict[str, Any] | None, error: dict[str, str] | None = None) -> dict[str, Any]:
@@ -107,6 +138,7 @@ def _ingest_local(files: list[Path], args: argparse.Namespace, settings: Setting
     kb = open_kb(settings, deferred=True)
     rows = []
     try:
+        _require_tenant(kb, args.tenant)
         for n, path in enumerate(files, start=1):
             _progress(n - 1, len(files), path.name)
             try:

@@ -7,6 +7,7 @@ import threading
 
 from rag.service import KnowledgeBase
 from voiceai.config import load_settings
+from voiceai.db.migrate import application_url
 from workers.app import INGEST_TASK, PURGE_TASK, app
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def knowledge_base() -> KnowledgeBase:
     with _kb_lock:
         if _kb is None:
             settings = load_settings()
-            _kb = KnowledgeBase(settings.kb, settings.models_dir, queue=CeleryQueue())
+            _kb = KnowledgeBase(settings.kb, settings.models_dir, db_url=application_url(settings.db),
+                                queue=CeleryQueue())
         return _kb
 
 

@@ -65,6 +65,17 @@ def async_url(url: str | URL) -> URL:
     return u
 
 
+_SYNC_DRIVERS = {"postgresql": "psycopg", "sqlite": "pysqlite"}
+
+
+def sync_url(url: str | URL) -> URL:
+    """``url`` with a synchronous driver (psycopg, Python's sqlite3), whatever driver it named: for code that
+    runs in worker threads and Celery tasks rather than on the event loop (`rag.registry.SqlDocumentRegistry`)."""
+    u = async_url(url)  # normalises postgres:// and checks the backend
+    backend = u.get_backend_name()
+    return u.set(drivername=f"{backend}+{_SYNC_DRIVERS[backend]}")
+
+
 def default_sqlite_url(data_dir: Path | None = None) -> str:
     """The embedded database's URL, creating its folder: used when ``db.url`` is empty."""
     folder = DEFAULT_DATA_DIR if data_dir is None else data_dir

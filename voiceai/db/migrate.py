@@ -26,7 +26,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from voiceai.db.engine import async_url
+from voiceai.db.engine import async_url, resolve_url
 
 if TYPE_CHECKING:
     from voiceai.db.config import DbConfig
@@ -82,6 +82,16 @@ def downgrade(url: str, revision: str = "base", app_role: str = DEFAULT_APP_ROLE
     """Migrates down to ``revision`` (``base``: an empty schema; roles are left in place). ``app_role``
     names the role whose database-level grants are revoked."""
     _off_loop(command.downgrade, alembic_config(url, app_role=app_role), revision)
+
+
+def application_url(db: DbConfig) -> str:
+    """The URL the application uses (`resolve_url`), ready to use: the embedded SQLite database is migrated to
+    head first, as the gateway does at startup; a Postgres schema is the operator's (`voiceai db upgrade`).
+    For processes that may be the first to open the database: the CLI, a Celery worker."""
+    url = resolve_url(db)
+    if async_url(url).get_backend_name() == "sqlite":
+        upgrade(url)
+    return url
 
 
 def current(url: str) -> str | None:

@@ -172,8 +172,12 @@ class Action(Base):
 
 
 class KbDocument(Base):
+    """One uploaded document of the knowledge base (`rag.registry.SqlDocumentRegistry`): its state
+    (queued, processing, indexed, failed), error and counts. The same bytes are stored once per tenant."""
+
     __tablename__ = "kb_documents"
-    __table_args__ = (UniqueConstraint("tenant_id", "content_hash", name="kb_documents_content_key"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "content_hash", name="kb_documents_content_key"),
+                      Index("kb_documents_tenant_filename", "tenant_id", "filename"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -184,8 +188,19 @@ class KbDocument(Base):
     error_reason: Mapped[str] = mapped_column(String(32), default="")
     error: Mapped[str] = mapped_column(Text, default="")
     chunks: Mapped[int] = mapped_column(Integer, default=0)
+    priority: Mapped[str] = mapped_column(String(16), default="default")  # high | default (the ingest queue)
+    task_id: Mapped[str] = mapped_column(String(255), default="")  # the ingest queue's task id
+    title: Mapped[str] = mapped_column(Text, default="")
+    format: Mapped[str] = mapped_column(String(16), default="")  # pdf | docx | html | md | txt
+    language: Mapped[str] = mapped_column(String(8), default="")
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # ingestion attempts started
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    indexed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Registration order (a retried upload takes a new number): breaks created_at ties between versions of a
+    # file. Filled by the database on Postgres (a sequence), by the registry on SQLite (migration 0002).
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
 
 
 class TenantConfig(Base):

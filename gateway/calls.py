@@ -8,6 +8,7 @@ for that call only. A tenant may let its public web page start calls without cre
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Annotated, Any
 
@@ -111,6 +112,9 @@ async def gdpr_erase(request: Request, body: EraseRequest,
                      principal: Annotated[Principal, Depends(require(Permission.GDPR_ERASE))]) -> dict[str, Any]:
     """Erases one caller's calls, transcripts and actions in the principal's tenant (audited)."""
     platform = platform_of(request)
+    # Writes still spooled for this caller's calls land first, so the erase reaches them too.
+    with contextlib.suppress(TimeoutError):
+        await platform.writer.flush(timeout_s=10)
     try:
         counts = await erase_caller(platform.db, principal.tenant_id, body.caller_id, platform.pepper,
                                     actor_type=principal.principal_type, actor_id=principal.subject,

@@ -216,7 +216,7 @@ async def test_writer_sets_aside_a_write_the_database_refuses_for_good(backend: 
     try:
         await _add_tenant(admin, T_REDACT, "bank")
         writer = CallWriter(app, spool, pepper=PEPPER, retry_max_s=0.2)
-        writer.turn(T_REDACT, "no-such-call", 0, "caller", "hello")
+        writer.turn(T_REDACT, "no-such-call", 0, "caller", "hello, call me on 0501234567")
         (spool / f"{1:012d}.json").write_bytes(b"{not json")
         writer = CallWriter(app, spool, pepper=PEPPER, retry_max_s=0.2)  # seq continues after the junk file
         _submit_call(writer, T_REDACT, "call-1")
@@ -226,6 +226,9 @@ async def test_writer_sets_aside_a_write_the_database_refuses_for_good(backend: 
 
         assert sorted(p.name for p in (spool / "rejected").iterdir()) == [f"{0:012d}.json", f"{1:012d}.json"]
         assert _metric("voiceai_db_writes_rejected_total") == rejected_before + 2
+        # What is kept aside is redacted: it outlives the call and no erase request reaches it.
+        kept = (spool / "rejected" / f"{0:012d}.json").read_text()
+        assert "0501234567" not in kept and "[PHONE]" in kept and "hello" in kept
         assert [c.state for c in await _rows(admin, select(Call))] == ["ended"]
         assert sorted(t.turn for t in await _rows(admin, select(Transcript))) == [0, 1, 2]
     finally:

@@ -234,13 +234,22 @@ class CallWriter:
                 delay = 0.1
 
     def _reject(self, path: Path, err: Exception) -> None:
-        """Sets a write that can never be applied aside (kept for an operator, out of the replay order)."""
+        """Sets a write that can never be applied aside (kept for an operator, out of the replay order).
+
+        What is kept is PII-redacted: a set-aside write outlives the call, and neither retention nor an erase
+        request reaches this folder, so it must hold nothing that identifies a caller."""
         REJECTED.inc()
         log.error("database write rejected; moved aside", extra={"file": path.name, "error": repr(err)})
         rejected = self.dir / REJECTED_DIR
         rejected.mkdir(exist_ok=True)
         size = path.stat().st_size
-        os.replace(path, rejected / path.name)
+        raw = path.read_bytes()
+        try:
+            kept = json.dumps(redact_obj(json.loads(raw)), ensure_ascii=False).encode()
+        except (ValueError, UnicodeDecodeError):
+            kept = b'{"unreadable": true}'  # not JSON: nothing worth keeping, and nothing raw is kept
+        (rejected / path.name).write_bytes(kept)
+        path.unlink()
         self._bytes -= size
         self._update_gauges()
 

@@ -35,6 +35,7 @@ from rag.config import KbConfig
 from rag.service import KnowledgeBase
 from rag.sparse import bm25_document
 from rag.store import ChunkPoint
+from tests.platform_helpers import kb_database
 from voiceai.config import load_settings
 from voiceai.supervisor import peak_rss_bytes
 
@@ -43,33 +44,11 @@ CORPUS = KB / "corpus"
 TENANT = "gulfbank"
 
 
-def _platform_db(folder: Path) -> str:
-    """A migrated SQLite platform database under ``folder`` with the corpus tenants (the registry's home)."""
-    from gateway.platform import ensure_tenant
-    from voiceai.db import migrate
-    from voiceai.db.engine import Database
-
-    folder.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{folder / 'voiceai.sqlite3'}"
-    migrate.upgrade(url)
-
-    async def create() -> None:
-        db = Database(url)
-        try:
-            for tenant_dir in sorted(CORPUS.iterdir()):
-                await ensure_tenant(db, tenant_dir.name)
-        finally:
-            await db.close()
-
-    asyncio.run(create())
-    return url
-
-
 def _kb(tmp: Path, cfg: KbConfig | None = None, **kw: Any) -> KnowledgeBase:
     settings = load_settings(profile="cpu", env={})
     base = cfg or settings.kb
     return KnowledgeBase(base.model_copy(update={"data_dir": tmp}), settings.models_dir,
-                         db_url=_platform_db(tmp / "db"), **kw)
+                         db_url=kb_database(tmp / "db", *(d.name for d in sorted(CORPUS.iterdir()))), **kw)
 
 
 def ingest_corpus(kb: KnowledgeBase) -> dict[str, float]:
@@ -250,7 +229,9 @@ def bench_rerank(tmp: Path, candidates: int = 5) -> dict[str, Any]:
         ingest_corpus(kb)
         qs = [q for q in questions() if q["answer_doc"]]
         judge = LlmJudgeReranker(asyncio.run(engine.start()), eng.model)
-        rows_plain, rows_judged, ms = [], [], []
+        rows_plain: list[dict[str, Any]] = []
+        rows_judged: list[dict[str, Any]] = []
+        ms: list[float] = []
         for q in qs:
             r = kb.search(q.get("tenant", TENANT), q["question"], top_k=candidates)
             plain = [h.document for h in r.hits]

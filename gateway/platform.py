@@ -41,10 +41,6 @@ class Platform:
     pepper: bytes
     anonymous_tenant: tuple[str, str] | None = None  # (id, name) of the tenant anonymous web callers reach
 
-    async def tenant_id(self, name: str) -> str | None:
-        async with self.admin_db.admin_session() as session:
-            return await session.scalar(select(Tenant.id).where(Tenant.name == name, Tenant.disabled.is_(False)))
-
     async def close(self) -> None:
         await self.writer.stop()
         if self.limiter is not None:

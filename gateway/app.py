@@ -90,7 +90,8 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
         app.state.platform = await start_platform(settings)
         app.state.auth = app.state.platform.auth
         app.state.limiter = app.state.platform.limiter
-        app.state.kb = await asyncio.to_thread(kb_factory, settings) if kb_factory else None
+        use_kb = kb_factory is not None and settings.kb.enabled
+        app.state.kb = await asyncio.to_thread(kb_factory, settings) if use_kb and kb_factory else None
         app.state.clients = await clients_factory(settings)
         app.state.clients.kb = app.state.kb
         app.state.joined = JoinedCalls(keep_s=settings.auth.call_token_ttl_s + 120)

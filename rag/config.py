@@ -51,6 +51,7 @@ class RerankConfig(BaseModel):
 class KbConfig(BaseModel):
     """Ingestion, retrieval and grounding of replies in a tenant's documents."""
 
+    enabled: bool = Field(True, description="Serve a knowledge base (REST, grounding); off: plain LLM replies.")
     data_dir: Path = Field(REPO_ROOT / "data" / "kb", description="Uploads and local vectors (the document registry "
                                                                   "is in the platform database).")
     embedding: EmbeddingConfig = EmbeddingConfig()

@@ -256,3 +256,22 @@ def test_tenant_config_read_write_audited_and_role_checked(env: Env) -> None:
         assert env.http.put("/v1/config", json=bad, headers=admin).status_code == 422, bad
     # Beta's config is its own.
     assert env.http.get("/v1/config", headers=env.bearer("beta", "admin")).json()["retention_days"] == 30
+
+
+def test_a_gateway_without_a_knowledge_base_says_so(tmp_path: Path) -> None:
+    """kb.enabled = false: the KB routes answer 503 (after the role check), calls are not grounded."""
+    settings = isolate(load_settings(profile="cpu", env={}), tmp_path)
+    settings.kb.enabled = False
+
+    async def clients_factory(_: Settings) -> BridgeClients:
+        tts = FakeTtsClient()
+        return BridgeClients(vad=FakeVadClient(), asr=FakeAsrClient(), llm=FakeLlmClient(), tts=tts, fallback_tts=tts)
+
+    with TestClient(create_app(settings, clients_factory=clients_factory)) as http:
+        assert http.app.state.kb is None and http.app.state.clients.kb is None  # type: ignore[attr-defined]
+        ring = KeyRing.load_or_create(settings.auth.keys_dir)
+        token = issue_access(ring, settings.auth, subject="u", tenant_id="t", tenant_name="demo", role="admin",
+                             principal_type="user")
+        resp = http.post("/v1/kb/search", json={"query": "fees"}, headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 503
+        assert http.post("/v1/kb/search", json={"query": "fees"}).status_code == 401

@@ -83,9 +83,11 @@ async def start_platform(settings: Settings) -> Platform:
     anonymous = None
     if settings.auth.anonymous_calls_tenant:
         name = settings.auth.anonymous_calls_tenant
-        anonymous_id = await ensure_tenant(admin_db, name) if db.dialect == "sqlite" else None
-        async with admin_db.admin_session() as session:
-            anonymous_id = anonymous_id or await session.scalar(select(Tenant.id).where(Tenant.name == name))
+        if db.dialect == "sqlite":
+            anonymous_id: str | None = await ensure_tenant(admin_db, name)
+        else:
+            async with admin_db.admin_session() as session:
+                anonymous_id = await session.scalar(select(Tenant.id).where(Tenant.name == name))
         if anonymous_id is None:
             raise RuntimeError(f"auth.anonymous_calls_tenant names {name!r}, which does not exist")
         anonymous = (str(anonymous_id), name)

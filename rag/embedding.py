@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rag.config import EmbeddingConfig
-from rag.normalize import strip_arabic_marks
+from rag.normalize import fold_numbers, strip_arabic_marks
 from rag.sparse import SparseVector, bm25_document, bm25_query
 
 
@@ -42,10 +42,6 @@ class Embedder(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
 
-_DIGITS = str.maketrans({**{chr(0x0660 + d): str(d) for d in range(10)}, **{chr(0x06F0 + d): str(d) for d in range(10)},
-                         "٫": ".", "٬": ","})
-
-
 def _prepare(text: str) -> str:
     """What the embedder sees: diacritics and tatweel dropped, Arabic-Indic digits as 0-9, spelling kept.
 
@@ -53,7 +49,7 @@ def _prepare(text: str) -> str:
     real spelling. Dropping marks alone matched or beat the raw text on benchmarks/kb; digits are
     mapped so "٣٧٥ درهم" and "375 درهم" mean the same amount to the dense side too.
     """
-    return strip_arabic_marks(text).translate(_DIGITS)
+    return fold_numbers(strip_arabic_marks(text))
 
 
 class ModelMissing(RuntimeError):

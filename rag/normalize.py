@@ -13,6 +13,7 @@ import unicodedata
 __all__ = [
     "ARABIC_MARKS_RE",
     "detect_language",
+    "fold_numbers",
     "is_arabic_letter",
     "normalize_text",
     "strip_arabic_marks",
@@ -23,6 +24,15 @@ __all__ = [
 # Quranic annotation signs (U+0610-U+061A, U+06D6-U+06ED) and tatweel (U+0640). None of them changes
 # which word it is for search, and keyboards, OCR and PDFs disagree about all of them.
 ARABIC_MARKS_RE = re.compile("[\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed\u0640]")
+
+# Arabic-Indic (٠-٩) and Eastern Arabic-Indic (Persian/Urdu, ۰-۹) digits and the Arabic decimal and
+# thousands separators, as ASCII: "١٬٢٥٠٫٥" is 1,250.5.
+_NUMBERS = {
+    "٫": ".",
+    "٬": ",",
+    **{chr(0x0660 + d): str(d) for d in range(10)},
+    **{chr(0x06F0 + d): str(d) for d in range(10)},
+}
 
 _FOLD = str.maketrans(
     {
@@ -40,14 +50,12 @@ _FOLD = str.maketrans(
         # Farsi yeh and keheh come from Persian keyboard layouts used to type Arabic.
         "ی": "ي",
         "ک": "ك",
-        # Arabic decimal and thousands separators and percent sign, so "٢٫٥٪" reads as 2.5%.
-        "٫": ".",
-        "٬": ",",
+        # The percent sign, so that with the numbers below "٢٫٥٪" reads as 2.5%.
         "٪": "%",
-        **{chr(0x0660 + d): str(d) for d in range(10)},  # Arabic-Indic digits ٠-٩
-        **{chr(0x06F0 + d): str(d) for d in range(10)},  # Eastern Arabic-Indic (Persian/Urdu) ۰-۹
+        **_NUMBERS,
     }
 )
+_NUMBER_FOLD = str.maketrans(_NUMBERS)
 
 _SPACE_RE = re.compile(r"\s+")
 
@@ -81,6 +89,11 @@ def is_arabic_letter(char: str) -> bool:
 def strip_arabic_marks(text: str) -> str:
     """Removes diacritics and tatweel; they change neither the word nor its token count much."""
     return ARABIC_MARKS_RE.sub("", text)
+
+
+def fold_numbers(text: str) -> str:
+    """Arabic-Indic digits and separators as ASCII; everything else untouched (the embedder's input)."""
+    return text.translate(_NUMBER_FOLD)
 
 
 def normalize_text(text: str) -> str:

@@ -62,7 +62,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
-__all__ = ["ALL", "Kinds", "PiiKind", "PiiMatch", "RedactStyle", "contains_pii", "find_pii", "redact", "redact_obj"]
+__all__ = ["ALL", "Kinds", "PiiKind", "PiiMatch", "RedactStyle", "ascii_digits", "contains_pii", "find_pii", "redact",
+           "redact_obj"]
 
 
 class PiiKind(StrEnum):
@@ -313,7 +314,7 @@ def _wanted(kinds: Kinds) -> tuple[PiiKind, ...]:
     return tuple(k for k in _PRIORITY if k in chosen)
 
 
-def _ascii_digits(text: str) -> str:
+def ascii_digits(text: str) -> str:
     """``text`` with Arabic-Indic digits as ASCII, offsets unchanged (each digit is one code point).
 
     Only digit runs are translated: ``str.translate`` over a whole non-ASCII transcript costs several
@@ -333,7 +334,7 @@ def find_pii(text: str, kinds: Kinds = ALL) -> list[PiiMatch]:
     wanted = _wanted(kinds)
     if not text or not wanted:
         return []
-    scan = _ascii_digits(text)
+    scan = ascii_digits(text)
     if not _TRIGGER.search(scan):
         return []
     taken: list[tuple[int, int, PiiKind]] = []  # sorted by start
@@ -353,7 +354,7 @@ def contains_pii(text: str, kinds: Kinds = ALL) -> bool:
     wanted = _wanted(kinds)
     if not text or not wanted:
         return False
-    scan = _ascii_digits(text)
+    scan = ascii_digits(text)
     if not _TRIGGER.search(scan):
         return False
     return any(next(_spans(kind, scan), None) is not None for kind in wanted)

@@ -43,7 +43,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from voiceai.db.engine import Database
 from voiceai.db.models import Action, Call, TenantConfig, Transcript
-from voiceai.pii import redact_obj
+from voiceai.pii import ascii_digits, redact_obj
+from voiceai.pii import redact as redact_text
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ _FIELDS = {
     "call_ended": ("call_id", "ended_at", "reason", "outcome", "timings"),
     "action": ("call_id", "turn", "index", "name"),
 }
-_ARABIC_DIGITS = str.maketrans({**{chr(0x0660 + d): str(d) for d in range(10)},
-                                **{chr(0x06F0 + d): str(d) for d in range(10)}})
 
 
 class SpoolFull(RuntimeError):
@@ -118,7 +117,7 @@ class CallWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.retry_max_s = retry_max_s
-        self._redact = redact or _default_redact
+        self._redact = redact or redact_text
         self._pepper = pepper
         existing = sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _NAME.match(p.name)))
         self._seq = existing[-1] + 1 if existing else 0
@@ -358,7 +357,7 @@ def _read_op(path: Path) -> dict[str, Any]:
 
 def normalize_caller_id(caller_id: str) -> str:
     """E.164-ish digits: Arabic-Indic digits mapped, separators dropped, UAE 05x -> 9715x, 00 -> +."""
-    digits = re.sub(r"\D", "", caller_id.translate(_ARABIC_DIGITS))
+    digits = re.sub(r"\D", "", ascii_digits(caller_id))
     if digits.startswith("00"):
         digits = digits[2:]
     elif digits.startswith("0") and len(digits) == 10:  # a UAE national number (05x xxx xxxx, 04 xxx xxxx)
@@ -371,9 +370,3 @@ def caller_hash(caller_id: str, pepper: bytes) -> str:
     unknown caller. Also exported as ``workers.retention.caller_hash``."""
     normalized = normalize_caller_id(caller_id)
     return hmac.new(pepper, normalized.encode(), hashlib.sha256).hexdigest() if normalized else ""
-
-
-def _default_redact(text: str) -> str:
-    from voiceai.pii import redact
-
-    return redact(text)

@@ -20,9 +20,10 @@ from gateway import calls as calls_routes
 from gateway import kb as kb_routes
 from gateway.auth.deps import Principal, require_ws
 from gateway.auth.roles import Permission
-from gateway.calls_ws import JoinedCalls, serve_call
+from gateway.calls_ws import serve_call
 from gateway.platform import start_platform
 from media_bridge.clients import BridgeClients, make_bridge_clients
+from media_bridge.host import CallHost, JoinedCalls
 from voiceai.config import SERVICES, Settings
 
 STATIC = Path(__file__).with_name("static")
@@ -72,6 +73,22 @@ class _BodyLimit:
         await self.app(scope, receive, send)
 
 
+async def _start_sip(settings: Settings, host: CallHost, platform: Any) -> Any:
+    """The SIP user agent, when ``channels.sip.port`` is set: calls to a routed number reach that tenant's
+    bot, the rest the configured (or anonymous calls) tenant."""
+    cfg = settings.channels.sip
+    if not cfg.port:
+        return None
+    from media_bridge.sip.ua import SipServer
+
+    async def tenant_for(called_user: str) -> tuple[str, str]:
+        return await platform.tenant_named(cfg.routes.get(called_user, cfg.tenant))  # type: ignore[no-any-return]
+
+    server = SipServer(host, cfg, tenant_for)
+    await server.start()
+    return server
+
+
 async def _service_health(address: str) -> str:
     try:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -94,10 +111,15 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
         app.state.kb = await asyncio.to_thread(kb_factory, settings) if use_kb and kb_factory else None
         app.state.clients = await clients_factory(settings)
         app.state.clients.kb = app.state.kb
-        app.state.joined = JoinedCalls(keep_s=settings.auth.call_token_ttl_s + 120)
+        app.state.host = CallHost(settings, app.state.clients, app.state.platform.writer,
+                                  JoinedCalls(keep_s=settings.auth.call_token_ttl_s + 120))
+        app.state.sip = await _start_sip(settings, app.state.host, app.state.platform)
         try:
             yield
         finally:
+            if app.state.sip is not None:
+                await app.state.sip.stop()
+            await app.state.host.hangup_all()
             await app.state.clients.aclose()
             if app.state.kb is not None:
                 await asyncio.to_thread(app.state.kb.close)
@@ -139,7 +161,6 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
     async def call_ws(ws: WebSocket, principal: Annotated[Principal | None, Depends(require_ws(
             Permission.CALLS_JOIN, call_id_param="call_id"))]) -> None:
         if principal is not None:
-            await serve_call(ws, settings, app.state.clients, principal, app.state.platform.writer,
-                             app.state.joined)
+            await serve_call(ws, app.state.host, principal)
 
     return app

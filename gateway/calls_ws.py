@@ -6,19 +6,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 from prometheus_client import Counter
 
 from gateway.auth.deps import Principal, ws_subprotocol
-from media_bridge.clients import BridgeClients
-from media_bridge.session import CallSession, TurnRecord
-from voiceai.config import Settings
-from voiceai.db.writer import CallWriter, SpoolFull
+from media_bridge.host import CallHost, CallSpec
+from media_bridge.session import CallSession
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +48,7 @@ class WebSocketTransport:
             await self.ws.send_text(json.dumps(event, ensure_ascii=False))
 
 
-class JoinedCalls:
-    """Call ids already joined: a call token is good for one join (a leaked token cannot listen in).
-
-    Entries are kept as long as a token for them could still be valid, then forgotten."""
-
-    def __init__(self, keep_s: float) -> None:
-        self.keep_s = keep_s
-        self._at: OrderedDict[str, float] = OrderedDict()
-
-    def claim(self, call_id: str) -> bool:
-        now = time.monotonic()
-        while self._at and next(iter(self._at.values())) < now - self.keep_s:
-            self._at.popitem(last=False)
-        if call_id in self._at:
-            return False
-        self._at[call_id] = now
-        return True
-
-
-async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, principal: Principal,
-                     writer: CallWriter, joined: JoinedCalls) -> None:
+async def serve_call(ws: WebSocket, host: CallHost, principal: Principal) -> None:
     """Runs one caller's WebSocket until either side hangs up.
 
     ``principal`` passed the ``calls.join`` check: a call token (its own call id; it joins once) or a
@@ -85,45 +61,21 @@ async def serve_call(ws: WebSocket, settings: Settings, clients: BridgeClients, 
     except ValueError:
         rate = -1
     await ws.accept(subprotocol=ws_subprotocol(ws))
-    if language not in settings.asr.languages or rate not in SUPPORTED_RATES_HZ:
-        await ws.close(code=1008, reason=f"language must be one of {settings.asr.languages}; sample_rate_hz "
+    if language not in host.settings.asr.languages or rate not in SUPPORTED_RATES_HZ:
+        await ws.close(code=1008, reason=f"language must be one of {host.settings.asr.languages}; sample_rate_hz "
                                          f"one of {SUPPORTED_RATES_HZ}")
         return
     call_id = principal.call_id or uuid.uuid4().hex
-    if not joined.claim(call_id):
+    if not host.joined.claim(call_id):
         JOIN_REFUSED.inc()
         await ws.close(code=4409, reason="this call was already joined")
         return
     transport = WebSocketTransport(ws, rate)
-    tenant_id = principal.tenant_id
-    started = time.time()
-    with contextlib.suppress(SpoolFull):
-        writer.call_started(tenant_id, call_id, "websocket", language, started)
-
-    def on_turn(turn: TurnRecord) -> None:
-        with contextlib.suppress(SpoolFull):  # logged and counted by the writer; the call goes on
-            latency = turn.timings.as_dict()
-            writer.turn(tenant_id, call_id, turn.index, "caller", turn.user_text, latency=latency)
-            writer.turn(tenant_id, call_id, turn.index, "bot", turn.bot_text, interrupted=turn.interrupted,
-                        latency={"sources": turn.sources, "fallbacks": turn.fallbacks})
-            for n, action in enumerate(turn.actions):
-                writer.action(tenant_id, call_id, turn.index, n, action)
-
-    session = CallSession(call_id, settings, clients, transport, language=language,
-                          greeting=params.get("greeting", "1") != "0", on_turn=on_turn, tenant=principal.tenant_name)
-    runner = asyncio.create_task(session.run(), name=f"call-{call_id}")
-    reader = asyncio.create_task(_read(ws, session, transport), name=f"call-{call_id}-reader")
+    spec = CallSpec(call_id, principal.tenant_id, principal.tenant_name, "websocket", language,
+                    greeting=params.get("greeting", "1") != "0")
     try:
-        done, _ = await asyncio.wait({runner, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if reader in done:
-            await session.hangup("hangup")
-        await runner
+        await host.run(spec, transport, lambda session: _read(ws, session, transport))
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
-        with contextlib.suppress(SpoolFull):
-            writer.call_ended(tenant_id, call_id, time.time(), session.ended_reason or "hangup")
         transport.closed = True
         with contextlib.suppress(Exception):
             await ws.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,22 @@ class Platform:
     writer: CallWriter
     pepper: bytes
     anonymous_tenant: tuple[str, str] | None = None  # (id, name) of the tenant anonymous web callers reach
+    _tenant_ids: dict[str, str] = field(default_factory=dict)
+
+    async def tenant_named(self, name: str) -> tuple[str, str]:
+        """``(id, name)`` of the tenant a channel configures by name (a SIP route, the Twilio number); an
+        empty name is the anonymous calls tenant. LookupError when there is no such tenant."""
+        if not name:
+            if self.anonymous_tenant is None:
+                raise LookupError("no tenant configured for this channel and auth.anonymous_calls_tenant is empty")
+            return self.anonymous_tenant
+        if name not in self._tenant_ids:
+            async with self.admin_db.admin_session() as session:
+                tenant_id = await session.scalar(select(Tenant.id).where(Tenant.name == name))
+            if tenant_id is None:
+                raise LookupError(f"tenant {name!r} does not exist")
+            self._tenant_ids[name] = str(tenant_id)
+        return self._tenant_ids[name], name
 
     async def close(self) -> None:
         await self.writer.stop()

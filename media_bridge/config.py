@@ -52,6 +52,16 @@ class BreakerConfig(BaseModel):
     reset_after_s: float = Field(5.0, gt=0, description="Open time before a half-open probe.")
 
 
+class TransferConfig(BaseModel):
+    """Handing the caller to people: where to, and the key that asks for it."""
+
+    target: str = Field("sip:agents@127.0.0.1", description="Where transfers go: a SIP URI (a queue or a number) "
+                        "for phone calls; web callers get a `transfer` event with it.")
+    dtmf_digit: str = Field("0", pattern=r"^[0-9*#A-D]?$", description="The key that asks for a person "
+                            "(empty: none).")
+    timeout_s: float = Field(8.0, gt=0, description="How long the transport may take to hand the call over.")
+
+
 class CallConfig(BaseModel):
     """The call loop."""
 
@@ -67,3 +77,4 @@ class CallConfig(BaseModel):
     max_reply_tokens: int = Field(80, ge=8, description="Most tokens in one spoken reply.")
     frame_ms: int = Field(20, ge=10, le=60, description="Size of the audio frames sent to the caller.")
     history_turns: int = Field(12, ge=1, description="Turns of history sent to the LLM.")
+    transfer: TransferConfig = TransferConfig()

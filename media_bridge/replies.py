@@ -27,6 +27,10 @@ _SCRIPT: dict[str, dict[str, str]] = {
         "en": "We have reached the time limit for this call. Thank you for calling, goodbye.",
         "ar": "لقد وصلنا إلى الحد الأقصى لمدة المكالمة. شكرا لاتصالك، مع السلامة.",
     },
+    "transfer": {
+        "en": "Please hold while I connect you to a colleague.",
+        "ar": "يرجى الانتظار، سأحولك إلى أحد زملائي.",
+    },
 }
 
 

@@ -52,7 +52,10 @@ _VAD_MIN_SILENCE_MS = 200
 
 
 class CallTransport(Protocol):
-    """Where the bot's audio and the call's events go (WebSocket, WebRTC, SIP...)."""
+    """Where the bot's audio and the call's events go (WebSocket, WebRTC, SIP...).
+
+    A transport may also have ``async transfer(target: str) -> bool`` (SIP REFER): the session calls
+    it when the caller is handed to a person, after the "please hold" line has played."""
 
     sample_rate_hz: int
 
@@ -130,6 +133,8 @@ class CallSession:
         self._silence_prompts = 0
         self._closing = False
         self._closing_after_reply = False
+        self.dtmf: list[str] = []  # keys the caller pressed, in order
+        self.transfer_target: str | None = None
 
     # ---- public ------------------------------------------------------------------------------
 
@@ -149,6 +154,8 @@ class CallSession:
             if self.greeting:
                 self._start_reply(ScriptedReply(scripted("greeting", self.language)), user_text=None)
             await self._ended.wait()
+            if self.transfer_target is not None:
+                await self._hand_over(self.transfer_target)
         finally:
             await self._cleanup()
             ACTIVE_CALLS.dec()
@@ -170,8 +177,43 @@ class CallSession:
             except Exception:  # the ASR loop sees the failure on its result stream
                 log.debug("asr send failed", extra={"call_id": self.call_id})
 
+    async def push_dtmf(self, digit: str, duration_ms: int = 0) -> None:
+        """A key the caller pressed (RFC 4733 telephone-event on SIP). The transfer key asks for a person."""
+        if self._ended.is_set():
+            return
+        self.dtmf.append(digit)
+        await self._emit({"type": "dtmf", "digit": digit, "duration_ms": duration_ms})
+        if digit == self.cfg.transfer.dtmf_digit:
+            self.transfer()
+
+    def transfer(self, target: str | None = None) -> None:
+        """Hands the caller to a person: "please hold", then the transport transfers (SIP REFER) and the
+        call ends with reason ``transferred``."""
+        if self.transfer_target is not None or self._ended.is_set():
+            return
+        self.transfer_target = target or self.cfg.transfer.target
+        self._stop_reply()
+        self.playout.flush()
+        self._say_goodbye("transfer", "transferred")
+
+    async def _hand_over(self, target: str) -> None:
+        await self._emit({"type": "transfer", "target": target})
+        do_transfer = getattr(self.transport, "transfer", None)
+        if do_transfer is None:
+            return
+        try:
+            ok = await asyncio.wait_for(do_transfer(target), self.cfg.transfer.timeout_s)
+        except Exception as err:  # a failed transfer still ends the bot's part
+            log.warning("transfer failed", extra={"call_id": self.call_id, "error": repr(err)})
+            ok = False
+        if not ok:
+            self.ended_reason = "transfer_failed"
+
     async def hangup(self, reason: str = "hangup") -> None:
         """Ends the call now (the caller left, or the server decided)."""
+        if self.transfer_target is not None and not self._ended.is_set():
+            self.transfer_target = None  # gone before the hand-over: nothing to transfer
+            self.ended_reason = None
         if self.ended_reason is None:
             self.ended_reason = reason
         self._ended.set()

@@ -11,7 +11,8 @@ ROOT=$PWD
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # ---- system packages ------------------------------------------------------------------------
-APT_PACKAGES=(espeak-ng libsndfile1 build-essential cmake chromium fonts-dejavu-core redis-server postgresql)
+APT_PACKAGES=(espeak-ng libsndfile1 build-essential cmake chromium fonts-dejavu-core redis-server postgresql
+  sip-tester kamailio coturn iproute2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

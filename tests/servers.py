@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from voiceai.supervisor import ServerProcess, free_port, spawn_server, wait_ready
 
-__all__ = ["ServerProcess", "free_port", "running_server", "start_server", "wait_for", "wait_until"]
+__all__ = ["ServerProcess", "eventually", "free_port", "running_server", "start_server", "wait_for", "wait_until"]
 
 
 def start_server(service: str, tmp_path: Path, env: dict[str, str] | None = None,
@@ -57,3 +57,15 @@ def wait_until(check: Callable[[], T], what: str, timeout_s: float = 60) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+async def eventually(check: Callable[[], T], what: str, timeout_s: float = 30.0) -> T:
+    """``wait_until`` for async tests: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from tests.pg_helpers import PgDatabase, PrivatePostgres, create_database, throwaway_database
+from tests.servers import eventually
 from voiceai.db import migrate
 from voiceai.db.engine import Database
 from voiceai.db.models import Action, AuditLog, Call, Tenant, TenantConfig, Transcript
@@ -120,15 +121,6 @@ def _in_apply_order(turns: list[Transcript]) -> list[int]:
 
 def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
-
-
-async def _wait_until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    interval_s = 0.05
-    for _ in range(int(timeout_s / interval_s)):
-        if check():
-            return
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what}")
 
 
 # ---- the call writer -------------------------------------------------------------------------------------
@@ -343,7 +335,7 @@ async def test_writer_rides_out_a_postgres_outage(outage_server: OutageServer, t
         for turn in range(4, 12):  # the call goes on: submit neither blocks nor raises
             writer.turn(T_REDACT, "call-1", turn, "caller" if turn % 2 == 0 else "bot", f"turn {turn}")
             assert writer.pending() == turn - 3  # spooled, nothing applied
-        await _wait_until(lambda: _metric("voiceai_db_write_failures_total") >= failures_before + 3,
+        await eventually(lambda: _metric("voiceai_db_write_failures_total") >= failures_before + 3,
                           "the applier to fail and retry while the database is down")
         writer.call_ended(T_REDACT, "call-1", T0 + 300, "hangup", "resolved")
         assert writer.pending() == 9

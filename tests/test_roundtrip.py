@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import pytest
 
 from asr.api import AsrOptions, Transcript
 from asr.client import InProcessAsrClient
+from asr.metrics import word_errors, words
 from asr.recognizer import AsrEngine
 from tts.api import SynthesisRequest
 from tts.client import InProcessTtsClient
@@ -17,20 +17,6 @@ from tts.engine import TtsEngine
 from .asr_helpers import recognize
 
 pytestmark = pytest.mark.integration
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def word_errors(heard: list[str], said: list[str]) -> int:
-    """Word-level edit distance (substitutions + insertions + deletions)."""
-    row = list(range(len(said) + 1))
-    for i, h in enumerate(heard, start=1):
-        prev, row[0] = row[0], i
-        for j, s in enumerate(said, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (h != s))
-    return row[-1]
 
 
 @pytest.mark.parametrize("text", [

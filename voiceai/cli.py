@@ -229,6 +229,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     from voiceai.stack import run_stack
 
     settings = _settings(args)
+    if args.sip_port is not None:
+        settings.channels.sip.port = args.sip_port
+    if args.sip_bind:
+        settings.channels.sip.bind = args.sip_bind
     _setup_logging(settings, human=False)
     return asyncio.run(run_stack(settings, args.host, args.port, with_vad_server=args.vad_server))
 
@@ -310,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="gateway bind address")
     up.add_argument("--vad-server", action="store_true", help="also run the VAD server (the bridge "
                     "runs VAD in-process either way)")
+    up.add_argument("--sip-port", type=int, help="also answer SIP calls on this UDP port (channels.sip.port)")
+    up.add_argument("--sip-bind", help="SIP address to listen on (default channels.sip.bind, 127.0.0.1; "
+                    "production binds the trunk-facing address)")
     up.set_defaults(func=cmd_up)
 
     dm = sub.add_parser("demo", help="start the model servers and put speech through them")

@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from asr.config import AsrConfig, VadConfig
 from gateway.auth.config import AuthConfig
+from media_bridge.channels import ChannelsConfig
 from media_bridge.config import CallConfig
 from nlu.config import NluConfig
 from rag.config import KbConfig
@@ -95,6 +96,7 @@ class Settings(BaseModel):
     kb: KbConfig = KbConfig()
     db: DbConfig = DbConfig()
     auth: AuthConfig = AuthConfig()
+    channels: ChannelsConfig = ChannelsConfig()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def invalid_utf8_field(data: bytes, descriptor: Descriptor, prefix: str = "") ->
                         value.decode("utf-8")
                     except UnicodeDecodeError:
                         return name
-                elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+                elif fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type is not None:
                     found = invalid_utf8_field(value, fd.message_type, name + ".")
                     if found:
                         return found

@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import auth_routes, config_routes
+from gateway import auth_routes, config_routes, twilio_routes, webrtc_routes
 from gateway import calls as calls_routes
 from gateway import kb as kb_routes
 from gateway.auth.deps import Principal, require_ws
@@ -77,7 +77,7 @@ async def _start_sip(settings: Settings, host: CallHost, platform: Any) -> Any:
     """The SIP user agent, when ``channels.sip.port`` is set: calls to a routed number reach that tenant's
     bot, the rest the configured (or anonymous calls) tenant."""
     cfg = settings.channels.sip
-    if not cfg.port:
+    if cfg.port is None:
         return None
     from media_bridge.sip.ua import SipServer
 
@@ -151,6 +151,8 @@ def create_app(settings: Settings, clients_factory: ClientsFactory = make_bridge
     app.include_router(calls_routes.router)
     app.include_router(auth_routes.router)
     app.include_router(config_routes.router)
+    app.include_router(webrtc_routes.router)
+    app.include_router(twilio_routes.router)
 
     @app.get("/.well-known/jwks.json", include_in_schema=False)
     async def jwks() -> dict[str, Any]:

@@ -6,7 +6,7 @@ port is set, Twilio needs its auth token, LiveKit its server URL and API key).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
 class IceServer(BaseModel):
@@ -28,12 +28,19 @@ class WebRtcConfig(BaseModel):
         default_factory=list, description="Restrict the bridge's ICE host candidates to these addresses "
         "(empty: every interface). Tests use ['127.0.0.1'].")
     connect_timeout_s: float = Field(15.0, gt=0, description="From the answer to media flowing; else the call ends.")
+    gather_timeout_s: float = Field(10.0, gt=0, description="Longest the bridge gathers its ICE candidates "
+                                    "(STUN/TURN) before it answers an offer; past it the offer gets 503.")
+    turn_credentials_for_anonymous: bool = Field(
+        False, description="Also give TURN usernames and credentials to callers of the anonymous calls tenant "
+        "(the public page); otherwise only other callers get them and the public page uses STUN or falls back "
+        "to the WebSocket.")
 
 
 class SipConfig(BaseModel):
     """Phone callers: the bridge is a SIP user agent facing a trunk or a proxy."""
 
-    port: int | None = Field(None, ge=1, le=65535, description="UDP port to listen on; None: SIP off.")
+    port: int | None = Field(None, ge=0, le=65535,
+                             description="UDP port to listen on (0: any free one); None: SIP off.")
     bind: str = Field("127.0.0.1", description="Address to listen on (the trunk-facing address in production).")
     public_address: str | None = Field(
         None, description="Address written into SDP and Contact when the bridge sits behind NAT (default: bind).")
@@ -51,6 +58,16 @@ class SipConfig(BaseModel):
     max_calls: int = Field(200, ge=1, description="More concurrent calls than this are answered 486 Busy Here.")
     max_message_bytes: int = Field(8192, ge=1024, le=65507, description="Longer SIP messages are dropped.")
     user_agent: str = Field("voiceai", description="User-Agent / Server header.")
+
+    @model_validator(mode="after")
+    def _advertised_address(self) -> SipConfig:
+        # 0.0.0.0 in SDP means "hold" to a peer; a wildcard bind needs the address peers should use.
+        if self.bind in ("0.0.0.0", "::") and not self.public_address:
+            raise ValueError(f"channels.sip.bind is {self.bind}: set channels.sip.public_address to the address "
+                             "trunks reach (it goes into SDP and Contact)")
+        if self.rtp_port_min >= self.rtp_port_max:
+            raise ValueError("channels.sip.rtp_port_min must be below rtp_port_max")
+        return self
 
 
 class TwilioConfig(BaseModel):
@@ -73,6 +90,9 @@ class LiveKitConfig(BaseModel):
     agent_identity: str = Field("voiceai-agent", description="The bot's participant identity.")
     token_ttl_s: int = Field(3600, ge=60, description="Lifetime of minted room tokens.")
     sample_rate_hz: int = Field(48000, description="Rate of the bot's published track.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Per attempt to reach the server when joining a room.")
+    caller_timeout_s: float = Field(30.0, gt=0, description="How long the agent waits in a room for the caller's "
+                                    "audio before it leaves.")
 
 
 class ChannelsConfig(BaseModel):

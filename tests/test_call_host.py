@@ -128,3 +128,13 @@ async def test_hangup_all_ends_every_call() -> None:
     await host.hangup_all()
     sessions = await asyncio.wait_for(asyncio.gather(*calls), 5)
     assert {s.ended_reason for s in sessions} == {"shutdown"}
+
+
+def test_sip_wildcard_bind_needs_the_address_peers_should_use() -> None:
+    from pydantic import ValidationError
+
+    from media_bridge.channels import SipConfig
+
+    with pytest.raises(ValidationError, match="public_address"):
+        SipConfig(port=5060, bind="0.0.0.0")
+    assert SipConfig(port=5060, bind="0.0.0.0", public_address="10.1.2.3").public_address == "10.1.2.3"

@@ -1,10 +1,13 @@
 /**
- * The call page: one WebSocket per call (docs/CALL_PROTOCOL.md). Binary frames carry PCM16LE
- * audio both ways at 16 kHz; text frames carry JSON events, which drive the state indicator, the
- * transcript and the playback (stopped on `barge_in`).
+ * The call page (docs/CALL_PROTOCOL.md). WebRTC first (webrtc.js): Opus both ways, the browser's own
+ * jitter buffer and echo canceller, events on a data channel. If the browser or the server has no
+ * WebRTC, or it does not connect in time, the call falls back to one WebSocket: binary frames carry
+ * PCM16LE audio both ways at 16 kHz, text frames the same JSON events. The events drive the state
+ * indicator, the transcript and (WebSocket only) the playback, stopped on `barge_in`.
  */
-import { CALL_RATE_HZ, MIC_CONSTRAINTS, Microphone, Player } from "./audio.js";
+import { CALL_RATE_HZ, LevelMeter, MIC_CONSTRAINTS, Microphone, Player } from "./audio.js";
 import { STRINGS, hasArabic } from "./i18n.js";
+import { RtcCall, webrtcConfig } from "./webrtc.js";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -19,6 +22,8 @@ const ui = {
   scroller: $("transcript-scroller"),
   empty: $("transcript-empty"),
   notices: $("notices"),
+  transport: $("transport"),
+  remoteAudio: $("remote-audio"),
 };
 
 const HANGUP_WAIT_MS = 2000;
@@ -284,7 +289,7 @@ const transcript = new Transcript(ui.transcript);
 
 // ---- one call -------------------------------------------------------------------------------
 
-async function callUrl(language) {
+async function startCall(language) {
   // Relative to the page, so a gateway behind a path prefix still works. The gateway mints a call
   // token (for this page's tenant, or for the signed-in user's) that joins exactly this call, once.
   const response = await fetch(new URL("v1/calls", window.location.href), {
@@ -293,7 +298,10 @@ async function callUrl(language) {
     body: JSON.stringify({ language }),
   });
   if (!response.ok) throw new Error(`HTTP ${response.status}`);
-  const started = await response.json();
+  return response.json();
+}
+
+function wsUrl(started) {
   const url = new URL(started.ws_path.replace(/^\//, ""), window.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.searchParams.set("sample_rate_hz", String(CALL_RATE_HZ));
@@ -302,17 +310,27 @@ async function callUrl(language) {
   return url.toString();
 }
 
+function showTransport(name) {
+  ui.transport.textContent = name ? { webrtc: "WebRTC", websocket: "WebSocket" }[name] : "";
+  ui.transport.dataset.transport = name || "";
+  ui.transport.hidden = !name;
+}
+
 class Call {
   constructor(language) {
     this.language = language;
     this.ctx = null;
+    this.stream = null;
     this.mic = null;
+    this.level = null;
     this.player = null;
     this.ws = null;
+    this.rtc = null;
     this.over = false; // torn down (or tearing down)
     this.serverEnded = false; // call.ended arrived
     this.userHungUp = false;
     this.stats = {
+      transport: null, fallback: null, rtc: null, timings: {},
       framesSent: 0, bytesSent: 0, framesDropped: 0, framesReceived: 0, bytesReceived: 0, events: [], states: [],
     };
   }
@@ -332,6 +350,22 @@ class Call {
       return this.fail(micErrorMessage(err));
     }
     if (this.over) return stream.getTracks().forEach((track) => track.stop());
+    this.stream = stream;
+    let started;
+    try {
+      started = await startCall(this.language);
+    } catch (err) {
+      return this.fail(`${t("errors.connection_failed")} ${err.message || err}`);
+    }
+    if (this.over) return this.teardown();
+    if (await this.tryWebRtc(started, stream)) return;
+    if (this.over) return this.teardown();
+    try {
+      // A call whose offer was sent is joined (its token is spent): the WebSocket gets a call of its own.
+      if (started.offered) started = await startCall(this.language);
+    } catch (err) {
+      return this.fail(`${t("errors.connection_failed")} ${err.message || err}`);
+    }
     try {
       await Microphone.loadWorklet(this.ctx);
       if (this.ctx.state !== "running") await this.ctx.resume();
@@ -342,17 +376,68 @@ class Call {
       return this.fail(`${t("errors.audio_failed")} ${err.message || err}`);
     }
     if (this.over) return this.teardown();
-    this.connect();
+    this.connect(started);
   }
 
-  async connect() {
-    let target;
-    try {
-      target = await callUrl(this.language);
-    } catch (err) {
-      return this.fail(`${t("errors.connection_failed")} ${err.message || err}`);
+  /** The call over WebRTC; false (nothing left open) when the page should use the WebSocket instead. */
+  async tryWebRtc(started, stream) {
+    if (typeof RTCPeerConnection === "undefined") {
+      this.stats.fallback = "no RTCPeerConnection in this browser";
+      return false;
     }
-    if (this.over) return this.teardown();
+    let config;
+    try {
+      config = await webrtcConfig(started);
+    } catch (err) {
+      this.stats.fallback = `config: ${err.message || err}`;
+      return false;
+    }
+    if (!config.enabled) {
+      this.stats.fallback = "disabled on the server";
+      return false;
+    }
+    const rtc = new RtcCall({
+      started,
+      language: this.language,
+      config,
+      onEvent: (text) => this.onEvent(text),
+      onAudio: (remote) => {
+        ui.remoteAudio.srcObject = remote;
+        ui.remoteAudio.play().catch(() => {}); // autoplay: the Call click already allowed it
+      },
+      onLost: () => this.onClose({ code: 0, reason: "" }),
+    });
+    this.rtc = rtc;
+    started.offered = true;
+    try {
+      await rtc.connect(stream);
+    } catch (err) {
+      console.info("WebRTC did not connect; using the WebSocket", err.message || err);
+      this.stats.fallback = err.message || String(err);
+      this.stats.timings = rtc.timings;
+      rtc.close();
+      this.rtc = null;
+      ui.remoteAudio.srcObject = null;
+      return false;
+    }
+    this.stats.transport = "webrtc";
+    this.stats.timings = rtc.timings;
+    this.stats.rtc = rtc.rtc; // live: updated by the stats poll
+    this.opened = true;
+    showTransport("webrtc");
+    if (this.over) {
+      rtc.send({ type: "hangup" });
+      rtc.close();
+      return true;
+    }
+    this.level = new LevelMeter(this.ctx, stream, showLevel);
+    return true;
+  }
+
+  connect(started) {
+    const target = wsUrl(started);
+    this.stats.transport = "websocket";
+    showTransport("websocket");
     const ws = new WebSocket(target);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
@@ -452,7 +537,8 @@ class Call {
       if (reason && STRINGS[lang].ended[reason] && !this.userHungUp) notice(t("states.ended"), t(`ended.${reason}`));
       return;
     }
-    if ([1008, 4401, 4403, 4409].includes(close.code)) showAlert(`${t("errors.ws_refused")} ${close.reason || close.code}`);
+    if (this.rtc) showAlert(`${t("errors.ws_lost")}.`);
+    else if ([1008, 4401, 4403, 4409].includes(close.code)) showAlert(`${t("errors.ws_refused")} ${close.reason || close.code}`);
     else if (!this.opened) showAlert(t("errors.ws_unreachable"));
     else showAlert(`${t("errors.ws_lost")} (${close.code}${close.reason ? `: ${close.reason}` : ""}).`);
     this.teardown();
@@ -461,6 +547,12 @@ class Call {
   hangup() {
     if (this.over) return;
     this.userHungUp = true;
+    const rtc = this.rtc;
+    if (rtc) {
+      // The server answers with call.ended and closes the connection; do not wait on it forever.
+      if (rtc.send({ type: "hangup" })) setTimeout(() => rtc.close(), HANGUP_WAIT_MS);
+      else rtc.close();
+    }
     const ws = this.ws;
     if (ws && ws.readyState === WebSocket.OPEN) {
       ws.send(JSON.stringify({ type: "hangup" }));
@@ -483,6 +575,11 @@ class Call {
     this.over = true;
     this.mic?.stop();
     this.mic = null;
+    this.level?.stop();
+    this.level = null;
+    for (const track of this.stream?.getTracks() ?? []) track.stop();
+    if (this.rtc && !this.userHungUp) this.rtc.close(); // a hang-up closes it once call.ended came
+    if (this.rtc) ui.remoteAudio.srcObject = null;
     const ctx = this.ctx;
     const player = this.player;
     if (ctx) {
@@ -530,6 +627,7 @@ ui.language.addEventListener("change", () => {
 ui.call.addEventListener("click", () => {
   if (call) return;
   transcript.clear();
+  showTransport(null);
   call = new Call(lang);
   lastCall = call;
   const started = call;

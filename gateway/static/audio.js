@@ -143,3 +143,25 @@ export class Player {
     this.sources.add(source);
   }
 }
+
+/** The microphone level for the meter when the audio itself goes over WebRTC (no capture worklet). */
+export class LevelMeter {
+  constructor(ctx, stream, onLevel, intervalMs = 100) {
+    this.source = ctx.createMediaStreamSource(stream);
+    this.analyser = ctx.createAnalyser();
+    this.analyser.fftSize = 1024;
+    this.samples = new Float32Array(this.analyser.fftSize);
+    this.source.connect(this.analyser);
+    this.timer = setInterval(() => {
+      this.analyser.getFloatTimeDomainData(this.samples);
+      let energy = 0;
+      for (const v of this.samples) energy += v * v;
+      onLevel(Math.sqrt(energy / this.samples.length));
+    }, intervalMs);
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    this.source.disconnect();
+  }
+}

@@ -16,6 +16,7 @@ export const STRINGS = {
     latency: "response time",
     ms: "ms",
     mic_level: "Microphone level",
+    transport: "How the call's audio travels",
     states: {
       idle: "Ready",
       connecting: "Connecting…",
@@ -67,6 +68,7 @@ export const STRINGS = {
     latency: "زمن الاستجابة",
     ms: "ملي ثانية",
     mic_level: "مستوى الميكروفون",
+    transport: "طريقة نقل صوت المكالمة",
     states: {
       idle: "جاهز",
       connecting: "جارٍ الاتصال…",

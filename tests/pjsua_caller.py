@@ -11,11 +11,16 @@ DTMF sent, and why it ended. The caller hangs up after ``--seconds`` unless the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pjsua2 as pj
+
+REPO = Path(__file__).resolve().parent.parent
 
 STATE_NAMES = {getattr(pj, n): n.removeprefix("PJSIP_INV_STATE_") for n in dir(pj) if n.startswith("PJSIP_INV_STATE_")}
 
@@ -55,6 +60,23 @@ class Caller(pj.Call):
                 self.recorder = pj.AudioMediaRecorder()
                 self.recorder.createRecorder(self.record)
                 audio.startTransmit(self.recorder)
+
+
+async def call_with_pjsua(uri: str, workdir: Path, play: Path, seconds: float, *extra: str) -> dict[str, Any]:
+    """Runs this caller in its own process; returns its JSON result plus ``recording`` (the bot, as heard)."""
+    record = workdir / "bot.wav"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.pjsua_caller", uri, "--play", str(play), "--record", str(record),
+        "--seconds", str(seconds), *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), seconds + 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    result["recording"] = record
+    return result
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ import websockets
 
 from gateway.caller import call_ws_url, load_turns, simulate_call
 from tests.servers import wait_until
+from tests.sip_helpers import free_udp_port
 
 from .conftest import AUDIO
 from .stack import Stack
@@ -32,7 +33,8 @@ def words(text: str | None) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("stack")).start()
+    # Phone calls too: `voiceai up --sip-port N` sets the same setting.
+    s = Stack(tmp_path_factory.mktemp("stack"), overrides={"channels.sip.port": free_udp_port()}).start()
     yield s
     s.stop()
 
@@ -225,3 +227,41 @@ def test_health_reports_every_model_server(stack):
     body = stack.get("/health").json()
     assert body["status"] == "ok"
     assert body["services"] == {"vad": "IN_PROCESS", "asr": "SERVING", "nlu": "SERVING", "tts": "SERVING"}
+
+
+def test_phone_call_over_sip(stack, audio_texts, tmp_path):
+    """A pjsip phone calls over SIP (G.711 A-law, 8 kHz): greeted, asks its question, hears the answer."""
+    import numpy as np
+
+    from asr.metrics import words as folded_words
+    from asr.transcribe import transcribe_file
+    from tests.pjsua_caller import call_with_pjsua
+    from voiceai.audio import read_wav, write_wav
+
+    question, rate = read_wav(AUDIO / "en_balance.wav", 16000)
+    speaks_at_s = 6.0  # after the greeting
+    caller = np.concatenate([np.zeros(int(speaks_at_s * rate)), question, np.zeros(16 * rate)]).astype(np.float32)
+    write_wav(tmp_path / "caller.wav", caller, rate)
+    result = asyncio.run(call_with_pjsua(f"sip:1000@127.0.0.1:{stack.settings.channels.sip.port}", tmp_path,
+                                         tmp_path / "caller.wav", 22.0, "--codec", "PCMA"))
+    assert result["codec"] == "PCMA" and "CONFIRMED" in result["states"]
+
+    calls = wait_until(lambda: [c for c in stack.get("/v1/calls").json()["calls"]
+                                if c["channel"] == "sip" and c["state"] == "ended"], "the SIP call record", 30)
+    detail = wait_until(lambda: (d := stack.get(f"/v1/calls/{calls[0]['call_id']}").json())["transcript"] and d,
+                        "its transcript", 30)
+    caller_text = [t["text"] for t in detail["transcript"] if t["speaker"] == "caller"]
+    bot_text = " ".join(t["text"] for t in detail["transcript"] if t["speaker"] == "bot")
+    assert words(caller_text[0]) == words(audio_texts["en_balance.wav"]["text"])
+    assert bot_text
+
+    # What the phone recorded: the greeting before the caller spoke, the answer after. Whisper hears the
+    # answer in the recording (phone audio, both ways through G.711) as the bot's words.
+    heard, heard_rate = read_wav(result["recording"], None)
+    assert np.abs(heard[:int(speaks_at_s * heard_rate)]).max() > 0.05, "no greeting"
+    answer = heard[int((speaks_at_s + len(question) / rate) * heard_rate):]
+    write_wav(tmp_path / "answer.wav", answer, heard_rate)
+    settings = stack.settings.model_copy(deep=True)
+    transcript = asyncio.run(transcribe_file(settings, tmp_path / "answer.wav", "en"))
+    said, got = set(folded_words(bot_text)), set(folded_words(transcript["text"]))
+    assert len(said & got) >= len(said) / 2, (bot_text, transcript["text"])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,10 @@ from media_bridge.host import CallSpec
 from media_bridge.sip.ua import SipServer
 from tests.fakes import fast_settings
 from tests.host_helpers import fake_host
+from tests.pjsua_caller import call_with_pjsua
 from voiceai.audio import read_wav, write_wav
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parent.parent
 
 
 def caller_wav(path: Path, speech_at_s: float = 4.0) -> Path:
@@ -30,23 +28,6 @@ def caller_wav(path: Path, speech_at_s: float = 4.0) -> Path:
                               np.zeros(rate * 6)]).astype(np.float32)
     write_wav(path, samples, rate)
     return path
-
-
-async def pjsua_call(uri: str, workdir: Path, play: Path, seconds: float, *extra: str) -> dict[str, Any]:
-    record = workdir / "bot.wav"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.pjsua_caller", uri, "--play", str(play), "--record", str(record),
-        "--seconds", str(seconds), *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=REPO)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), seconds + 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, err.decode()[-2000:]
-    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    result["recording"] = record
-    return result
 
 
 def dominant_hz(samples: np.ndarray, rate: int) -> float:
@@ -72,7 +53,7 @@ async def test_a_phone_hears_the_bot_and_the_bot_hears_the_phone(tmp_path: Path,
     server = SipServer(host, SipConfig(port=0), lambda user: asyncio.sleep(0, result=("tenant-1", "acme")))
     await server.start()
     try:
-        result = await pjsua_call(f"sip:1000@127.0.0.1:{server.port}", tmp_path, caller_wav(tmp_path / "c.wav"),
+        result = await call_with_pjsua(f"sip:1000@127.0.0.1:{server.port}", tmp_path, caller_wav(tmp_path / "c.wav"),
                                   9.0, "--codec", codec, "--dtmf", "5")
     finally:
         await server.stop()

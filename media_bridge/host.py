@@ -117,7 +117,7 @@ class CallHost:
                 writer.call_ended(spec.tenant_id, spec.call_id, time.time(), session.ended_reason or "hangup")
         return session
 
-    async def hangup_all(self, reason: str = "shutdown") -> None:
+    async def hangup_all(self, reason: str = "server_shutdown") -> None:
         """Ends every call in progress (the process is stopping)."""
         for session in list(self.active.values()):
             await session.hangup(reason)

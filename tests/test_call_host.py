@@ -127,7 +127,7 @@ async def test_hangup_all_ends_every_call() -> None:
     await eventually(lambda: len(host.active) == 3, "three calls")
     await host.hangup_all()
     sessions = await asyncio.wait_for(asyncio.gather(*calls), 5)
-    assert {s.ended_reason for s in sessions} == {"shutdown"}
+    assert {s.ended_reason for s in sessions} == {"server_shutdown"}
 
 
 def test_sip_wildcard_bind_needs_the_address_peers_should_use() -> None:

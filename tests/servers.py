@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from voiceai.supervisor import ServerProcess, free_port, spawn_server, wait_ready
 
-__all__ = ["ServerProcess", "eventually", "free_port", "running_server", "start_server", "wait_for", "wait_until"]
+__all__ = ["ServerProcess", "eventually", "free_port", "running_server", "serve_app", "start_server", "wait_for",
+           "wait_until"]
 
 
 def start_server(service: str, tmp_path: Path, env: dict[str, str] | None = None,
@@ -69,3 +71,25 @@ async def eventually(check: Callable[[], T], what: str, timeout_s: float = 30.0)
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout_s:.0f} s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@contextmanager
+def serve_app(app: Any, timeout_s: float = 60) -> Iterator[str]:
+    """Runs an ASGI app with uvicorn in a thread on a free loopback port; yields its base URL (no slash)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           ws="websockets-sansio"))
+    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from asr.api import AsrOptions, SpeechBoundary, Transcript
-from asr.client import GrpcAsrClient, InProcessAsrClient
-from asr.recognizer import AsrEngine
+from asr.client import GrpcAsrClient
 from voiceai.asr.v1 import asr_pb2, asr_pb2_grpc
 from voiceai.common.v1 import audio_pb2
 from voiceai.serving import InvalidArgument
@@ -29,21 +28,6 @@ def words(text: str) -> list[str]:
 
 def finals(results) -> list[Transcript]:
     return [r for r in results if isinstance(r, Transcript) and r.is_final]
-
-
-@pytest.fixture(scope="module")
-def engine(settings):
-    e = AsrEngine(settings)
-    e.load()
-    return e
-
-
-@pytest.fixture
-async def local_client(engine):
-    yield InProcessAsrClient(engine)
-    if engine.scheduler:  # the scheduler's worker belongs to this test's event loop
-        await engine.scheduler.close()
-        engine.scheduler = None
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +48,7 @@ async def grpc_client(asr_server):
 @pytest.fixture(params=["in_process", "grpc"])
 def client(request):
     """The same assertions run over both implementations of the seam."""
-    return request.getfixturevalue("local_client" if request.param == "in_process" else "grpc_client")
+    return request.getfixturevalue("asr_client" if request.param == "in_process" else "grpc_client")
 
 
 async def test_english_final_with_words_and_timestamps(client, audio_texts):
@@ -91,8 +75,8 @@ async def test_arabic_is_recognised_as_arabic(client):
     assert "العملاء" in final.text
 
 
-async def test_interims_keep_their_stable_prefix(engine, local_client):
-    results = await recognize(local_client, fixture_pcm("en_order.wav"),
+async def test_interims_keep_their_stable_prefix(asr_engine, asr_client):
+    results = await recognize(asr_client, fixture_pcm("en_order.wav"),
                               AsrOptions(language="en", interim_interval_ms=300), realtime=True)
     interims = [r for r in results if isinstance(r, Transcript) and not r.is_final]
     assert len(interims) >= 3
@@ -117,8 +101,8 @@ async def test_silence_is_never_decoded(client):
     assert results == []
 
 
-async def test_finalize_without_speech_answers_with_an_empty_final(local_client):
-    session = local_client.open(AsrOptions(language="en"))
+async def test_finalize_without_speech_answers_with_an_empty_final(asr_client):
+    session = asr_client.open(AsrOptions(language="en"))
     await session.send_audio(silence_pcm(0.5))
     await session.finalize()
     await session.close()
@@ -126,11 +110,11 @@ async def test_finalize_without_speech_answers_with_an_empty_final(local_client)
     assert len(fs) == 1 and fs[0].text == ""
 
 
-async def test_client_finalize_ends_the_utterance_early(local_client, audio_texts):
+async def test_client_finalize_ends_the_utterance_early(asr_client, audio_texts):
     """The media bridge decides the endpoint: finalize right after the speech, no silence wait."""
     pcm = fixture_pcm("en_balance.wav")
     # A 5 s endpoint would never fire in this clip; only the client's finalize can end it.
-    session = local_client.open(AsrOptions(language="en", endpoint_silence_ms=5000, interim_results=False))
+    session = asr_client.open(AsrOptions(language="en", endpoint_silence_ms=5000, interim_results=False))
     await session.send_audio(pcm[: len(pcm) - 16000 * 2 * 3 // 4])
     await session.finalize()
     got = None
@@ -151,9 +135,9 @@ async def test_8khz_telephony_stream(client, audio_texts):
     assert len(expected & set(words(fs[0].text))) >= len(expected) - 2
 
 
-async def test_unknown_language_is_refused_in_process(local_client):
+async def test_unknown_language_is_refused_in_process(asr_client):
     with pytest.raises(InvalidArgument, match="not served"):
-        local_client.open(AsrOptions(language="fr"))
+        asr_client.open(AsrOptions(language="fr"))
 
 
 async def test_concurrent_streams_over_grpc(grpc_client, audio_texts):

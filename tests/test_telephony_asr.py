@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from asr.api import AsrOptions, Transcript
-from asr.client import InProcessAsrClient
 from asr.metrics import wer
-from asr.recognizer import AsrEngine
 from rag.normalize import tokenize
 from voiceai.audio import float_to_pcm16, pcm16_to_float
 
@@ -47,21 +45,6 @@ def test_browser_rate_downsampling_filters_what_16_khz_cannot_hold() -> None:
     assert _band_energy(out, 16000, 5800, 6200) < _band_energy(speech, 16000, 900, 1100) * 1e-4
 
 
-@pytest.fixture(scope="module")
-def engine(settings):
-    engine = AsrEngine(settings)
-    engine.load()
-    return engine
-
-
-@pytest.fixture
-async def client(engine):
-    yield InProcessAsrClient(engine)
-    if engine.scheduler:  # the scheduler's worker belongs to this test's event loop
-        await engine.scheduler.close()
-        engine.scheduler = None
-
-
 async def _hear(client, pcm16k: bytes) -> list[Transcript]:
     pcm16k = b"\0" * 8000 + pcm16k + b"\0" * 32000
     results = await recognize(client, pcm16k, AsrOptions(language="auto", interim_results=False))
@@ -70,16 +53,16 @@ async def _hear(client, pcm16k: bytes) -> list[Transcript]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
-async def test_english_over_a_phone_line_is_understood(client, audio_texts, codec) -> None:
-    finals = await _hear(client, as_bridge_hears(phone_line_pcm("en_balance.wav", codec), 8000))
+async def test_english_over_a_phone_line_is_understood(asr_client, audio_texts, codec) -> None:
+    finals = await _hear(asr_client, as_bridge_hears(phone_line_pcm("en_balance.wav", codec), 8000))
     heard = " ".join(f.text for f in finals)
     assert {f.language for f in finals} == {"en"}
     assert wer(heard, audio_texts["en_balance.wav"]["text"]) <= 0.2, heard
 
 
 @pytest.mark.integration
-async def test_arabic_over_a_phone_line_is_understood(client, audio_texts) -> None:
-    finals = await _hear(client, as_bridge_hears(phone_line_pcm("ar_agent.wav"), 8000))
+async def test_arabic_over_a_phone_line_is_understood(asr_client, audio_texts) -> None:
+    finals = await _hear(asr_client, as_bridge_hears(phone_line_pcm("ar_agent.wav"), 8000))
     assert finals and finals[0].language == "ar"
     # As at 16 kHz (test_asr.py), synthetic MBROLA Arabic is only partly intelligible; key words survive
     # (compared without the definite article: "العملاء" may come back as "عملاء").

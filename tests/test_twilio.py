@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +24,6 @@ import httpx
 import jwt
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 from twilio.request_validator import RequestValidator
@@ -40,7 +38,7 @@ from media_bridge.g711 import ulaw_decode, ulaw_encode
 from media_bridge.twilio import _port_variants, connect_twiml, signature, signature_valid, signed_url, stream_url
 from tests.fakes import FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient, fast_settings, silence, tone
 from tests.platform_helpers import isolate, kb_database
-from tests.servers import free_port
+from tests.servers import serve_app
 from voiceai.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -114,21 +112,8 @@ def _twiml_params(twiml: str) -> tuple[str, dict[str, str]]:
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     settings = _settings(tmp_path_factory.mktemp("twilio"))
     app = create_app(settings, clients_factory=_fake_clients, kb_factory=None)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           ws="websockets-sansio"))
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the gateway did not start")
-        time.sleep(0.05)
-    try:
-        yield Gateway(f"http://127.0.0.1:{port}", app, settings)
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with serve_app(app) as url:
+        yield Gateway(url, app, settings)
 
 
 # ---- Twilio's side of the stream --------------------------------------------------------------

@@ -138,3 +138,22 @@ def test_sip_wildcard_bind_needs_the_address_peers_should_use() -> None:
     with pytest.raises(ValidationError, match="public_address"):
         SipConfig(port=5060, bind="0.0.0.0")
     assert SipConfig(port=5060, bind="0.0.0.0", public_address="10.1.2.3").public_address == "10.1.2.3"
+
+
+def test_voiceai_up_sip_port_turns_sip_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import voiceai.stack
+    from voiceai.cli import build_parser
+
+    seen: dict[str, Any] = {}
+
+    async def fake_run_stack(settings: Any, host: str, port: int, with_vad_server: bool = False) -> int:
+        seen["sip"] = settings.channels.sip
+        return 0
+
+    monkeypatch.setattr(voiceai.stack, "run_stack", fake_run_stack)
+    args = build_parser().parse_args(["up", "--sip-port", "5070"])
+    assert args.func(args) == 0
+    assert (seen["sip"].port, seen["sip"].bind) == (5070, "127.0.0.1")
+    args = build_parser().parse_args(["up"])
+    args.func(args)
+    assert seen["sip"].port is None  # SIP stays off unless asked for

@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -37,6 +37,7 @@ from media_bridge.twilio import (
     StreamRefused,
     TwilioTransport,
     connect_twiml,
+    dial_twiml,
     read_stream,
     signature_algorithm,
     signature_valid,
@@ -48,6 +49,8 @@ from media_bridge.twilio import (
 log = logging.getLogger(__name__)
 
 VOICE_PATH = "/v1/twilio/voice"
+AFTER_PATH = "/v1/twilio/voice/after"
+MAX_PENDING_TRANSFERS = 10000
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -61,9 +64,10 @@ class TwilioChannel:
     host: CallHost
     tenant_id: str
     tenant_name: str
+    transfers: dict[str, str] = field(default_factory=dict)  # call id -> target, until Twilio asks (after())
 
-    async def answer(self, request: Request) -> Response:
-        """The voice webhook: checks the signature, mints a call token, answers TwiML to connect the stream."""
+    async def _signed_form(self, request: Request) -> dict[str, str]:
+        """The webhook's form parameters, once X-Twilio-Signature is checked; else 403."""
         body = await request.body()
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) if content_type == FORM_TYPE \
@@ -83,7 +87,11 @@ class TwilioChannel:
             log.warning("twilio webhook refused", extra={"reason": reason, "signed_url": url,
                                                          "client": request.client.host if request.client else ""})
             raise HTTPException(403, "invalid X-Twilio-Signature")
-        form = dict(params)
+        return dict(params)
+
+    async def answer(self, request: Request) -> Response:
+        """The voice webhook: checks the signature, mints a call token, answers TwiML to connect the stream."""
+        form = await self._signed_form(request)
         call_id = uuid.uuid4().hex
         token = issue_call_token(self.auth.ring, self.auth.cfg, tenant_id=self.tenant_id, tenant_name=self.tenant_name,
                                  call_id=call_id, language=self.cfg.language)
@@ -92,8 +100,26 @@ class TwilioChannel:
             parameters["from"] = form["From"]
         log.info("twilio call answered", extra={"call_id": call_id, "tenant": self.tenant_name,
                                                 "call_sid": form.get("CallSid", "")})
-        twiml = connect_twiml(stream_url(self.cfg.public_url, str(request.base_url)), parameters)
+        base = (self.cfg.public_url or str(request.base_url)).rstrip("/")
+        twiml = connect_twiml(stream_url(self.cfg.public_url, str(request.base_url)), parameters,
+                              action=f"{base}{AFTER_PATH}?call_id={call_id}")
         return Response(twiml, media_type="text/xml")
+
+    async def after(self, request: Request) -> Response:
+        """Twilio asks what comes after the stream (``<Connect action>``): the transfer, else hang up."""
+        await self._signed_form(request)
+        target = self.transfers.pop(request.query_params.get("call_id", ""), None)
+        log.info("twilio stream over", extra={"call_id": request.query_params.get("call_id", ""),
+                                              "transferred": target is not None})
+        return Response(dial_twiml(target), media_type="text/xml")
+
+    def _transferring(self, call_id: str) -> Callable[[str], None]:
+        def remember(target: str) -> None:
+            self.transfers[call_id] = target
+            while len(self.transfers) > MAX_PENDING_TRANSFERS:  # Twilio never came back for the oldest
+                self.transfers.pop(next(iter(self.transfers)))
+
+        return remember
 
     async def serve(self, ws: WebSocket) -> None:
         """One Media Stream: waits for ``start``, checks its token, runs the call until ``stop`` or a close."""
@@ -116,7 +142,8 @@ class TwilioChannel:
                 await ws.close(code=1008, reason="no start frame")
             return
         assert principal.call_id is not None  # _join refuses tokens without one
-        transport = TwilioTransport(ws.send_text, start.stream_sid)
+        transport = TwilioTransport(ws.send_text, start.stream_sid,
+                                    on_transfer=self._transferring(principal.call_id))
         spec = CallSpec(principal.call_id, principal.tenant_id, principal.tenant_name, "twilio",
                         principal.language or self.cfg.language, caller_id=start.parameters.get("from", ""))
         log.info("twilio stream started", extra={"call_id": spec.call_id, "call_sid": start.call_sid})
@@ -201,6 +228,15 @@ async def voice(request: Request) -> Response:
     if channel is None:
         raise HTTPException(404, "Not Found")
     return await channel.answer(request)
+
+
+@router.post(AFTER_PATH, include_in_schema=False)
+async def after_stream(request: Request) -> Response:
+    """Twilio's ``<Connect action>`` request when a stream ends (signed): dial the transfer or hang up."""
+    channel = _channel(request.app)
+    if channel is None:
+        raise HTTPException(404, "Not Found")
+    return await channel.after(request)
 
 
 @router.websocket(STREAM_PATH)

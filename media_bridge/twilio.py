@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -126,15 +127,34 @@ def stream_url(public_url: str | None, base_url: str) -> str:
     return f"{ws_scheme}{sep}{rest}{STREAM_PATH}"
 
 
-def connect_twiml(url: str, parameters: Mapping[str, str]) -> str:
-    """``<Response><Connect><Stream url=...>`` with one ``<Parameter>`` per entry (escaped by ElementTree).
+def connect_twiml(url: str, parameters: Mapping[str, str], action: str | None = None) -> str:
+    """``<Response><Connect action=...><Stream url=...>`` with one ``<Parameter>`` per entry (escaped by
+    ElementTree).
 
     ``<Connect>`` makes the stream bidirectional: Twilio plays the ``media`` we send and honours
-    ``clear`` and ``mark``; the call leaves the TwiML (and hangs up) when we close the stream."""
+    ``clear`` and ``mark``. When we close the stream the call leaves ``<Connect>``: Twilio then requests
+    ``action`` (signed, like the voice webhook) for what comes next, which is how a transfer reaches a
+    person (``dial_twiml``); without an action the call hangs up."""
     response = ElementTree.Element("Response")
-    stream = ElementTree.SubElement(ElementTree.SubElement(response, "Connect"), "Stream", url=url)
+    connect = ElementTree.SubElement(response, "Connect")
+    if action:
+        connect.set("action", action)
+    stream = ElementTree.SubElement(connect, "Stream", url=url)
     for name, value in parameters.items():
         ElementTree.SubElement(stream, "Parameter", name=name, value=value)
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(response, encoding="unicode")
+
+
+def dial_twiml(target: str | None) -> str:
+    """What the call does after its stream: ``<Dial>`` the transfer target (a SIP URI, or a number, with or
+    without ``tel:``), or ``<Hangup/>`` when the bot was not transferring."""
+    response = ElementTree.Element("Response")
+    if target:
+        dial = ElementTree.SubElement(response, "Dial")
+        kind = "Sip" if target.lower().startswith(("sip:", "sips:")) else "Number"
+        ElementTree.SubElement(dial, kind).text = target if kind == "Sip" else target.removeprefix("tel:")
+    else:
+        ElementTree.SubElement(response, "Hangup")
     return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(response, encoding="unicode")
 
 
@@ -296,6 +316,10 @@ class TwilioTransport:
     - ``turn`` (not interrupted) -> ``mark`` ``turn-<index>``: sent after the reply's last frame, so its echo
       says the caller heard the whole reply.
     - Everything else (state, transcripts...) has no place in the Twilio protocol and is dropped.
+
+    ``transfer`` sends a ``transfer`` mark, waits (bounded) for Twilio to echo it, i.e. for the caller to
+    have heard "please hold", then hands the target to ``on_transfer``; the stream then closes and Twilio
+    asks the ``<Connect action>`` webhook, which dials the target.
     """
 
     send_text: SendText
@@ -305,7 +329,10 @@ class TwilioTransport:
     marks_sent: list[str] = field(default_factory=list)
     marks_played: list[str] = field(default_factory=list)  # echoed by Twilio once played (or cleared)
     clears_sent: int = 0
+    on_transfer: Callable[[str], None] | None = None
+    transfer_wait_s: float = 3.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _transfer_heard: asyncio.Event = field(default_factory=asyncio.Event)
     _phrases: int = 0
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -333,8 +360,19 @@ class TwilioTransport:
         self.marks_sent.append(name)
         await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
 
+    async def transfer(self, target: str) -> bool:
+        if self.on_transfer is None or self.closed:
+            return False
+        await self._mark("transfer")
+        with contextlib.suppress(TimeoutError):  # Twilio may be slow to echo: hand over anyway
+            await asyncio.wait_for(self._transfer_heard.wait(), self.transfer_wait_s)
+        self.on_transfer(target)
+        return True
+
     def mark_played(self, name: str) -> None:
         if name in self.marks_sent:
             self.marks_played.append(name)
+            if name == "transfer":
+                self._transfer_heard.set()
         else:
             _bad("unknown_mark")

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 # The Twilio routes carry their own proof (X-Twilio-Signature; the call token in the stream's start frame),
 # tested in test_twilio.py.
 PUBLIC = ["/", "/static", "/health", "/metrics", "/.well-known/jwks.json", "/docs", "/docs/oauth2-redirect",
-          "/redoc", "/openapi.json", "/v1/twilio/voice", "/v1/twilio/stream",
+          "/redoc", "/openapi.json", "/v1/twilio/voice", "/v1/twilio/voice/after", "/v1/twilio/stream",
           "/v1/calls", "/v1/auth/refresh", "/v1/auth/logout"]
 INJECTIONS = ["' OR '1'='1", "1; DROP TABLE calls; --", "\" OR \"\"=\"", "%27%20OR%201%3D1", "../../etc/passwd",
               "<script>alert(1)</script>", "ًٌٍَُِّْ\u200f\u202e", "💳" * 50]

@@ -85,13 +85,16 @@ class Gateway:
         return f"{self.url}/v1/twilio/voice"
 
     def webhook(self, params: dict[str, str], *, url: str | None = None, sign: bool = True,
-                signature_value: str | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
-        """POSTs the voice webhook as Twilio does, signed over ``url`` (default: the URL posted to)."""
+                signature_value: str | None = None, headers: dict[str, str] | None = None,
+                to: str | None = None) -> httpx.Response:
+        """POSTs the voice webhook (or ``to``, e.g. a <Connect action>) as Twilio does, signed over ``url``
+        (default: the URL posted to)."""
+        target = to or self.voice_url
         sent = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
         if sign:
             sent["X-Twilio-Signature"] = signature_value or RequestValidator(AUTH_TOKEN).compute_signature(
-                url or self.voice_url, params)
-        return httpx.post(self.voice_url, content=urlencode(params), headers=sent, timeout=5)
+                url or target, params)
+        return httpx.post(target, content=urlencode(params), headers=sent, timeout=5)
 
     def call_token(self) -> str:
         """A call token, the way Twilio gets one: from the TwiML of a signed webhook."""
@@ -392,6 +395,36 @@ async def test_a_call_over_the_media_stream_with_a_barge_in(gateway: Gateway) ->
     assert channel == "twilio" and reason == "hangup"
     assert CALLER not in (caller_id or "") and caller_hash  # kept only as a peppered hash (not opted in)
     assert call_id not in gateway.app.state.host.active
+
+
+async def test_the_transfer_key_dials_the_agents_after_the_hold_line(gateway: Gateway) -> None:
+    """Key 0: "please hold" plays (its mark echoed), the stream closes, and Twilio's <Connect action> request
+    gets <Dial> to the transfer target; asked again (or for a call that was not transferred): <Hangup/>."""
+    response = await asyncio.to_thread(gateway.webhook, _form("CA0042"))
+    root = ElementTree.fromstring(response.text)
+    action = root.find("./Connect").attrib["action"]  # type: ignore[union-attr]
+    token = _twiml_params(response.text)[1]["token"]
+    call_id = jwt.decode(token, options={"verify_signature": False})["call"]
+    assert action == f"{gateway.url}/v1/twilio/voice/after?call_id={call_id}"
+    twilio = await FakeTwilio.open(gateway)
+    try:
+        await twilio.start({"token": token})
+        await twilio.until(lambda: call_id in gateway.app.state.host.active, what="the call")
+        await twilio.send({"event": "dtmf", "streamSid": twilio.stream_sid, "dtmf": {"digit": "0"}})
+        assert await _until_closed(twilio) == 1000
+    finally:
+        await twilio.ws.close()
+    assert "transfer" in [n for _, n in twilio.marks]
+    after = {"CallSid": "CA0042", "AccountSid": "AC0001", "CallStatus": "in-progress"}
+    dial = await asyncio.to_thread(gateway.webhook, after, to=action)
+    target = gateway.settings.call.transfer.target
+    assert dial.status_code == 200 and ElementTree.fromstring(dial.text).find("./Dial/Sip").text == target  # type: ignore[union-attr]
+    again = await asyncio.to_thread(gateway.webhook, after, to=action)
+    assert ElementTree.fromstring(again.text).find("./Hangup") is not None
+    forged = await asyncio.to_thread(gateway.webhook, after, to=action, signature_value="bm90IGEgc2lnbmF0dXJl")
+    assert forged.status_code == 403
+    _, reason, *_ = await asyncio.to_thread(_call_row, gateway.settings, call_id)
+    assert reason == "transferred"
 
 
 async def test_junk_frames_are_counted_and_the_call_goes_on(gateway: Gateway) -> None:

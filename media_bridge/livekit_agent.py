@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -66,11 +67,20 @@ class LiveKitTransport:
     A barge-in also clears the source's queue: audio already captured but not yet sent is dropped,
     so the caller stops hearing the bot at once (the session has already stopped sending)."""
 
-    def __init__(self, source: rtc.AudioSource, publisher: DataPublisher | None) -> None:
+    def __init__(self, source: rtc.AudioSource, publisher: DataPublisher | None,
+                 transfer_to: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self.source = source
         self.publisher = publisher
         self.sample_rate_hz = source.sample_rate
         self.closed = False
+        self.transfer_to = transfer_to  # set for a caller on the phone (a LiveKit SIP participant)
+
+    async def transfer(self, target: str) -> bool:
+        """Hands a phone caller to ``target`` (LiveKit SIP transfer); a web caller cannot be transferred."""
+        if self.transfer_to is None:
+            log.warning("transfer asked for a caller who is not a SIP participant; only the event is sent")
+            return False
+        return await self.transfer_to(target)
 
     async def send_audio(self, pcm16: bytes) -> None:
         if self.closed:
@@ -96,6 +106,7 @@ class CallerWatch:
         self.agent_identity = agent_identity
         self.identity: str | None = None
         self.caller_number = ""
+        self.is_sip = False  # the caller is a LiveKit SIP participant (a phone call bridged into the room)
         self.left = asyncio.Event()
         self.left_reason = ""
         self.keys: asyncio.Queue[str] = asyncio.Queue()
@@ -111,6 +122,8 @@ class CallerWatch:
         if self.identity is None:
             self.identity = participant.identity
             self.caller_number = participant.attributes.get(CALLER_NUMBER_ATTRIBUTE, "")
+            self.is_sip = (getattr(participant, "kind", None) == rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+                           or bool(self.caller_number))
         if participant.identity == self.identity and not self._track.done():
             self._track.set_result(track)
 
@@ -171,9 +184,24 @@ class CallerWatch:
 class LiveKitAgent:
     """Joins LiveKit rooms as the bot and runs one call per room on the ``CallHost``."""
 
-    def __init__(self, host: CallHost, cfg: LiveKitConfig) -> None:
+    def __init__(self, host: CallHost, cfg: LiveKitConfig, api_factory: Callable[..., Any] = api.LiveKitAPI) -> None:
         self.host = host
         self.cfg = cfg
+        self.api_factory = api_factory  # the server API client (tests pass a recording fake)
+
+    async def transfer_sip(self, room_name: str, identity: str, target: str) -> bool:
+        """Transfers the room's SIP participant to ``target`` (a SIP URI or ``tel:`` number) through the
+        server API (SIP REFER on LiveKit's side); False when the server refuses or cannot be reached."""
+        secret = self.cfg.api_secret.get_secret_value() if self.cfg.api_secret else None
+        request = api.TransferSIPParticipantRequest(room_name=room_name, participant_identity=identity,
+                                                    transfer_to=target, play_dialtone=False)
+        try:
+            async with self.api_factory(self.cfg.url, self.cfg.api_key, secret) as server:
+                await server.sip.transfer_sip_participant(request)
+        except Exception as err:  # an API error or an unreachable server: the call ends as transfer_failed
+            log.warning("livekit sip transfer failed", extra={"room": room_name, "error": repr(err)})
+            return False
+        return True
 
     def mint_token(self, room: str, identity: str, *, agent: bool, name: str = "") -> str:
         """A room token: the agent may publish audio and data and subscribe; a caller may join this room,
@@ -227,6 +255,9 @@ class LiveKitAgent:
                        tenant_name: str, language: str) -> CallSession:
         """The call in a joined room: waits for the caller, then runs it on the host until they leave."""
         track = await watch.caller_track(self.cfg.caller_timeout_s)
+        if watch.is_sip and watch.identity is not None:
+            identity = watch.identity
+            transport.transfer_to = lambda target: self.transfer_sip(room_name, identity, target)
         spec = CallSpec(uuid.uuid4().hex, tenant_id, tenant_name, "livekit", language, caller_id=watch.caller_number)
         log.info("livekit call started", extra={"call_id": spec.call_id, "room": room_name})
         return await self.host.run(spec, transport, lambda s: watch.feed(s, track, transport.sample_rate_hz))

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import jwt
 import numpy as np
@@ -29,7 +29,7 @@ from media_bridge.livekit_agent import (
     LiveKitTransport,
     pcm16_frame,
 )
-from tests.fakes import silence, tone
+from tests.fakes import fast_settings, silence, tone
 from tests.host_helpers import fake_host
 from tests.servers import free_port
 
@@ -321,3 +321,65 @@ async def test_join_where_no_server_listens_fails_clearly_and_leaves_nothing_run
     assert not writer.records and not host.active
     with pytest.raises(LiveKitError, match="url is not set"):
         await LiveKitAgent(host, _cfg(url=None)).join("room-7", "tenant-1", "acme", "en")
+
+
+class FakeLiveKitApi:
+    """Fake of ``livekit.api.LiveKitAPI`` (the server API needs a server): records SIP transfer requests."""
+
+    requests: ClassVar[list[Any]] = []
+    fail = False
+
+    def __init__(self, url: str | None, api_key: str | None, api_secret: str | None) -> None:
+        self.sip = self
+        self.opened_with = (url, api_key, api_secret)
+
+    async def __aenter__(self) -> FakeLiveKitApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def transfer_sip_participant(self, request: Any) -> None:
+        if FakeLiveKitApi.fail:
+            raise ConnectionError("twirp error: unavailable")
+        FakeLiveKitApi.requests.append(request)
+
+
+@pytest.mark.parametrize("server_ok", [True, False])
+async def test_a_phone_caller_in_the_room_is_transferred_through_the_sip_api(server_ok: bool) -> None:
+    from livekit import api
+
+    FakeLiveKitApi.requests, FakeLiveKitApi.fail = [], not server_ok
+    host, writer = fake_host(fast_settings(call__transfer__target="tel:+97142000000"))
+    agent = LiveKitAgent(host, _cfg(), api_factory=FakeLiveKitApi)
+    room = rtc.Room()
+    watch = CallerWatch(room, "voiceai-agent")
+    bot_source = rtc.AudioSource(RATE_HZ, 1, queue_size_ms=200)
+    transport = LiveKitTransport(bot_source, FakePublisher())
+    caller = Caller()
+    phone = FakeParticipant("sip_+971501234567", {"sip.phoneNumber": "+971501234567"})
+    call = asyncio.create_task(agent.run_call(watch, transport, "room-9", "tenant-1", "acme", "en"))
+    try:
+        room.emit("track_subscribed", caller.track, None, phone)
+        await _until(lambda: bool(host.active), 2, "the call to start", caller)
+        room.emit("sip_dtmf_received", rtc.SipDTMF(code=0, digit="0", participant=phone))  # type: ignore[arg-type]
+        session = await asyncio.wait_for(call, 8)
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        for source in (bot_source, caller.source):
+            await source.aclose()
+    if server_ok:
+        (request,) = FakeLiveKitApi.requests
+        assert isinstance(request, api.TransferSIPParticipantRequest)
+        assert (request.room_name, request.participant_identity, request.transfer_to) == (
+            "room-9", "sip_+971501234567", "tel:+97142000000")
+        assert session.ended_reason == "transferred"
+    else:
+        assert session.ended_reason == "transfer_failed"
+    assert writer.of_kind("call_ended")[-1]["reason"] == session.ended_reason
+
+
+async def test_a_web_caller_in_the_room_cannot_be_transferred() -> None:
+    transport = LiveKitTransport(rtc.AudioSource(RATE_HZ, 1), FakePublisher())
+    assert await transport.transfer("sip:agents@pbx") is False

@@ -32,3 +32,10 @@ def wer(heard: str, said: str) -> float:
     """Word errors over the reference's word count (0.0 for two empty texts)."""
     reference = words(said)
     return word_errors(words(heard), reference) / max(1, len(reference))
+
+
+def cer(heard: str, said: str) -> float:
+    """Character errors over the reference's characters, spaces ignored (for Arabic, where a wrong word
+    boundary or a clitic makes word errors of a nearly right transcript)."""
+    reference = list(normalize_text(said).replace(" ", ""))
+    return word_errors(list(normalize_text(heard).replace(" ", "")), reference) / max(1, len(reference))

@@ -71,8 +71,8 @@ async def serve_call(ws: WebSocket, host: CallHost, principal: Principal) -> Non
         await ws.close(code=4409, reason="this call was already joined")
         return
     transport = WebSocketTransport(ws, rate)
-    spec = CallSpec(call_id, principal.tenant_id, principal.tenant_name, "websocket", language,
-                    greeting=params.get("greeting", "1") != "0")
+    greeting = params["greeting"] != "0" if "greeting" in params else None  # None: call.greeting
+    spec = CallSpec(call_id, principal.tenant_id, principal.tenant_name, "websocket", language, greeting=greeting)
     try:
         await host.run(spec, transport, lambda session: _read(ws, session, transport))
     finally:

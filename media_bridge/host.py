@@ -59,7 +59,7 @@ class CallSpec:
     tenant_name: str
     channel: str  # websocket | webrtc | sip | twilio | livekit
     language: str = "en"
-    greeting: bool = True
+    greeting: bool | None = None  # None: the configuration's call.greeting
     caller_id: str = ""  # the phone number or SIP user calling; stored only as a peppered hash
 
 

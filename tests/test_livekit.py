@@ -212,7 +212,7 @@ async def _until(predicate: Any, timeout_s: float, what: str, caller: Caller | N
 
 
 async def test_a_whole_call_in_a_room_until_the_caller_leaves() -> None:
-    host, writer = fake_host()
+    host, writer = fake_host(fast_settings(call__greeting=True))
     agent = LiveKitAgent(host, _cfg())
     room = rtc.Room()  # never connected: its events are emitted below as the server would cause them
     watch = CallerWatch(room, "voiceai-agent")
@@ -350,7 +350,7 @@ async def test_a_phone_caller_in_the_room_is_transferred_through_the_sip_api(ser
     from livekit import api
 
     FakeLiveKitApi.requests, FakeLiveKitApi.fail = [], not server_ok
-    host, writer = fake_host(fast_settings(call__transfer__target="tel:+97142000000"))
+    host, writer = fake_host(fast_settings(call__greeting=True, call__transfer__target="tel:+97142000000"))
     agent = LiveKitAgent(host, _cfg(), api_factory=FakeLiveKitApi)
     room = rtc.Room()
     watch = CallerWatch(room, "voiceai-agent")

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 
 from asr.api import AsrOptions, Transcript
-from asr.metrics import wer
-from rag.normalize import tokenize
+from asr.metrics import cer, wer
 from voiceai.audio import float_to_pcm16, pcm16_to_float
 
-from .asr_helpers import as_bridge_hears, phone_line_pcm, recognize
+from .asr_helpers import as_bridge_hears, fixture_pcm, phone_line_pcm, recognize
 
 
 def _band_energy(pcm: bytes, rate_hz: int, low_hz: float, high_hz: float) -> float:
@@ -31,10 +30,22 @@ def _tone(freq_hz: float, rate_hz: int, seconds: float = 1.0) -> bytes:
 @pytest.mark.unit
 def test_phone_rate_upsampling_leaves_no_image_above_4_khz() -> None:
     out = as_bridge_hears(_tone(1000.0, 8000), 8000)
-    assert len(out) // 2 == pytest.approx(16000, abs=40)
+    assert len(out) // 2 == pytest.approx(16000, abs=100)  # plus the filter tail flushed at the end
     wanted = _band_energy(out, 16000, 900, 1100)
     image = _band_energy(out, 16000, 6900, 7100)  # where a zero-stuffing upsampler mirrors 1 kHz
     assert image < wanted * 1e-4
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("rate_hz", "frame"), [(8000, 160), (48000, 960), (24000, 480)])
+def test_caller_audio_is_resampled_without_holding_any_back(rate_hz: int, frame: int) -> None:
+    # Every 20 ms frame the caller sends comes out as 20 ms at 16 kHz at once: the end of speech reaches
+    # the VAD when it arrives (soxr's stream mode releases 8 kHz input in blocks of up to ~100 ms).
+    from voiceai.audio import StreamResampler
+
+    resampler = StreamResampler(rate_hz, 16000)
+    sizes = {resampler.process(np.zeros(frame, dtype=np.float32)).size for _ in range(50)}
+    assert sizes == {320}
 
 
 @pytest.mark.unit
@@ -61,11 +72,12 @@ async def test_english_over_a_phone_line_is_understood(asr_client, audio_texts, 
 
 
 @pytest.mark.integration
-async def test_arabic_over_a_phone_line_is_understood(asr_client, audio_texts) -> None:
-    finals = await _hear(asr_client, as_bridge_hears(phone_line_pcm("ar_agent.wav"), 8000))
-    assert finals and finals[0].language == "ar"
-    # As at 16 kHz (test_asr.py), synthetic MBROLA Arabic is only partly intelligible; key words survive
-    # (compared without the definite article: "العملاء" may come back as "عملاء").
-    heard = set(tokenize(" ".join(f.text for f in finals)))
-    said = set(tokenize(audio_texts["ar_agent.wav"]["text"]))
-    assert "عملاء" in heard and len(heard & said) >= 2, (heard, said)
+async def test_arabic_over_a_phone_line_is_heard_about_as_well_as_at_16_khz(asr_client, audio_texts) -> None:
+    # Synthetic MBROLA Arabic is only partly intelligible to Whisper base even at 16 kHz (test_asr.py):
+    # the phone line (8 kHz, G.711, resampled by the bridge) must not make it much worse.
+    said = audio_texts["ar_agent.wav"]["text"]
+    wideband = await _hear(asr_client, fixture_pcm("ar_agent.wav"))
+    phone = await _hear(asr_client, as_bridge_hears(phone_line_pcm("ar_agent.wav"), 8000))
+    assert wideband and phone and {f.language for f in wideband + phone} == {"ar"}
+    wide_text, phone_text = (" ".join(f.text for f in finals) for finals in (wideband, phone))
+    assert cer(phone_text, said) <= cer(wide_text, said) + 0.15, (wide_text, phone_text)

@@ -54,7 +54,8 @@ CALLER = "+14155550100"
 
 def _settings(folder: Path, **overrides: Any) -> Settings:
     kb_database(folder, TENANT)  # the answering tenant exists before the gateway starts
-    tree = {"channels__twilio__auth_token": AUTH_TOKEN, "channels__twilio__tenant": TENANT} | overrides
+    tree = {"channels__twilio__auth_token": AUTH_TOKEN, "channels__twilio__tenant": TENANT,
+            "call__greeting": True} | overrides
     return isolate(fast_settings(**tree), folder)
 
 

@@ -15,19 +15,8 @@ from prometheus_client import REGISTRY
 
 from media_bridge import g711
 from media_bridge.sip.dtmf import build_event_packets
-from media_bridge.sip.rtp import (
-    FRAME_BYTES,
-    PCMA,
-    PCMU,
-    TELEPHONE_EVENT,
-    Codec,
-    Frame,
-    JitterBuffer,
-    RtpError,
-    RtpPacket,
-    RtpSession,
-    SsrcGuard,
-)
+from media_bridge.sip.jitter import FRAME_BYTES, Frame, JitterBuffer, SsrcGuard
+from media_bridge.sip.rtp import PCMA, PCMU, TELEPHONE_EVENT, Codec, RtpError, RtpPacket, RtpSession
 
 pytestmark = pytest.mark.unit
 

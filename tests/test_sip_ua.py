@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,8 +23,9 @@ from prometheus_client import REGISTRY
 
 from media_bridge.channels import SipConfig
 from media_bridge.host import CallHost
+from media_bridge.sip.message import make_response, parse_message
 from media_bridge.sip.transport import SipCallTransport
-from media_bridge.sip.ua import SipServer
+from media_bridge.sip.ua import SipServer, Timers
 from tests.fakes import fast_settings
 from tests.host_helpers import RecordingWriter, fake_host
 from tests.sip_helpers import KAMAILIO, PCAP_DIR, SIPP, UdpPeer, free_udp_port, kamailio_proxy, run_sipp
@@ -66,7 +68,8 @@ class Bridge:
 
 
 @contextlib.asynccontextmanager
-async def bridge(settings: Settings | None = None, tenant_delay_s: float = 0.0, **cfg: Any) -> AsyncIterator[Bridge]:
+async def bridge(settings: Settings | None = None, tenant_delay_s: float = 0.0, timers: Timers | None = None,
+                 **cfg: Any) -> AsyncIterator[Bridge]:
     host, writer = fake_host(settings or fast_settings(call__greeting=True))
     base = free_udp_port() % 20000 + 20000
     options: dict[str, Any] = {"port": free_udp_port(), "bind": "127.0.0.1", "rtp_port_min": base,
@@ -82,7 +85,7 @@ async def bridge(settings: Settings | None = None, tenant_delay_s: float = 0.0, 
             raise LookupError(user)
         return TENANT
 
-    server = SipServer(host, sip_cfg, tenant_for)
+    server = SipServer(host, sip_cfg, tenant_for, timers)
     await server.start()
     try:
         yield Bridge(server, host, writer, server.port, called)
@@ -106,7 +109,7 @@ def workdir(tmp_path: Path) -> Path:
 async def test_sipp_call_answered_with_pcmu_and_caller_hangs_up(workdir: Path) -> None:
     async with bridge() as b:
         setup_before = metric("voiceai_sip_setup_seconds_count")
-        result = await run_sipp("uac_call.xml", b.target, workdir, offer_pts="8 0", expect_pt="0", hold_ms=1500,
+        result = await run_sipp("uac_call.xml", b.target, workdir, offer_pts="0 8", expect_pt="0", hold_ms=1500,
                                 media="")
         assert result.rc == 0, result.explain()
         await b.wait_idle()
@@ -124,8 +127,8 @@ async def test_sipp_call_answered_with_pcmu_and_caller_hangs_up(workdir: Path) -
 @pytest.mark.skipif(not (PCAP_DIR / "g711a.pcap").exists(), reason="sipp's g711a.pcap is missing")
 async def test_sipp_call_with_pcma_audio_reaches_the_rtp_session(workdir: Path) -> None:
     play = (f'<nop><action><exec play_pcap_audio="{PCAP_DIR / "g711a.pcap"}"/></action></nop>')
-    async with bridge(codecs=["PCMA", "PCMU"]) as b:
-        task = asyncio.create_task(run_sipp("uac_call.xml", b.target, workdir, offer_pts="0 8", expect_pt="8",
+    async with bridge() as b:  # the offerer's order decides (sdp.negotiate): an A-law trunk lists PCMA first
+        task = asyncio.create_task(run_sipp("uac_call.xml", b.target, workdir, offer_pts="8 0", expect_pt="8",
                                             hold_ms=3000, media=play))
         session = await b.wait_session()
         transport = session.transport
@@ -276,13 +279,13 @@ async def test_good_call_survives_garbage_sprayed_at_the_port(workdir: Path) -> 
 
 def request(method: str = "OPTIONS", *, uri: str = "sip:1000@127.0.0.1", port: int = 5060, body: bytes = b"",
             extra: str = "", content_length: int | None = None, to_tag: str = "", start_line: str | None = None,
-            call_id: str | None = None) -> bytes:
+            call_id: str | None = None, cseq: int = 1) -> bytes:
     branch = "z9hG4bK" + uuid.uuid4().hex
     to = f"<sip:1000@127.0.0.1>{';tag=' + to_tag if to_tag else ''}"
     head = (f"{start_line or f'{method} {uri} SIP/2.0'}\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r\n"
             f"From: <sip:+971500000002@127.0.0.1>;tag=abc\r\nTo: {to}\r\n"
-            f"Call-ID: {call_id or uuid.uuid4().hex}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}"
+            f"Call-ID: {call_id or uuid.uuid4().hex}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{extra}"
             f"Content-Length: {len(body) if content_length is None else content_length}\r\n\r\n")
     return head.encode() + body
 
@@ -302,6 +305,23 @@ async def exchange(b: Bridge, data: bytes, timeout_s: float = 1.0) -> bytes | No
 def status_line(reply: bytes | None) -> str:
     assert reply is not None, "no answer"
     return reply.split(b"\r\n", 1)[0].decode()
+
+
+async def until_ok(peer: UdpPeer, timeout_s: float = 2.0) -> bytes:
+    """The first 200 the peer receives (skipping 100 Trying)."""
+    while (reply := await peer.recv(timeout_s)) is not None:
+        if reply.startswith(b"SIP/2.0 200"):
+            return reply
+    raise AssertionError("no 200 OK")
+
+
+def to_tag_of(response: bytes) -> str:
+    return parse_message(response).to.tag
+
+
+def reply_to(data: bytes, status: int = 200) -> bytes:
+    """A peer's answer to a request the bridge sent it."""
+    return make_response(parse_message(data), status, to_tag="peer").to_bytes()
 
 
 AUDIO_SDP = (b"v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -400,13 +420,9 @@ async def test_late_offer_invite_gets_our_offer_and_the_answer_comes_in_the_ack(
         try:
             call_id = uuid.uuid4().hex
             peer.send(request("INVITE", port=peer.port, call_id=call_id), b.port)
-            ok = None
-            while (reply := await peer.recv(2.0)) is not None:
-                if reply.startswith(b"SIP/2.0 200"):
-                    ok = reply
-                    break
-            assert ok is not None and b"m=audio " in ok and b"RTP/AVP 0 8 101" in ok
-            tag = ok.split(b"To: ", 1)[1].split(b"\r\n", 1)[0].split(b"tag=")[1].decode()
+            ok = await until_ok(peer)
+            assert b"m=audio " in ok and b"RTP/AVP 0 8 101" in ok
+            tag = to_tag_of(ok)
             answer = AUDIO_SDP.replace(b"49170", str(free_udp_port()).encode())
             ack = request("ACK", port=peer.port, call_id=call_id, to_tag=tag, body=answer,
                           extra="Content-Type: application/sdp\r\n")
@@ -415,11 +431,157 @@ async def test_late_offer_invite_gets_our_offer_and_the_answer_comes_in_the_ack(
             assert isinstance(session.transport, SipCallTransport)
             await asyncio.sleep(0.7)
             assert all(not r.startswith(b"SIP/2.0 200") for r in [await peer.recv(0.1) or b""])  # acked: no resend
-            bye = request("BYE", port=peer.port, call_id=call_id, to_tag=tag).replace(b"CSeq: 1 BYE", b"CSeq: 2 BYE")
-            peer.send(bye, b.port)
+            peer.send(request("BYE", port=peer.port, call_id=call_id, to_tag=tag, cseq=2), b.port)
             reply = await peer.recv(2.0)
             assert status_line(reply) == "SIP/2.0 200 OK"
             await b.wait_idle()
         finally:
             peer.close()
     assert b.writer.of_kind("call_ended")[0]["reason"] == "hangup"
+
+
+# ---- dialog paths over raw UDP ----------------------------------------------------------------------
+
+
+def invite_from(peer: UdpPeer, call_id: str, record_routes: tuple[str, ...] = ()) -> bytes:
+    """An INVITE with an offer whose Contact points back at ``peer`` (where the bridge sends its requests)."""
+    extra = "".join(f"Record-Route: {rr}\r\n" for rr in record_routes)
+    extra += f"Contact: <sip:caller@127.0.0.1:{peer.port}>\r\nContent-Type: application/sdp\r\n"
+    return request("INVITE", port=peer.port, call_id=call_id, body=AUDIO_SDP, extra=extra)
+
+
+async def test_a_200_never_acked_is_resent_with_backoff_then_the_call_ends_with_bye() -> None:
+    timers = Timers(t1_s=0.02, t2_s=0.08)  # 64×T1 = 1.28 s instead of 32 s
+    async with bridge(timers=timers) as b:
+        peer = UdpPeer()
+        try:
+            call_id = uuid.uuid4().hex
+            peer.send(invite_from(peer, call_id), b.port)
+            oks: list[float] = []
+            tags: set[str] = set()
+            bye = None
+            while (reply := await peer.recv(2.0)) is not None:
+                if reply.startswith(b"SIP/2.0 200"):
+                    oks.append(time.monotonic())
+                    tags.add(to_tag_of(reply))
+                elif reply.startswith(b"BYE "):
+                    bye = reply
+                    break
+            bye_at = time.monotonic()
+            assert bye is not None, f"no BYE after {len(oks)} 200s"
+            assert bye.startswith(f"BYE sip:caller@127.0.0.1:{peer.port} SIP/2.0\r\n".encode())
+            message = parse_message(bye)
+            assert message.cseq == (1, "BYE") and message.call_id == call_id
+            assert message.to.tag == "abc" and {message.from_.tag} == tags  # the dialog's tags, swapped
+            peer.send(reply_to(bye), b.port)
+            await b.wait_idle(2.0)
+            assert await peer.recv(4 * timers.t2_s) is None  # the 200 and the BYE both stopped
+        finally:
+            peer.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(oks)]
+    assert 8 <= len(oks) <= 25, gaps  # 1 + 3 doubling (T1, 2T1, 4T1) + about 14 T2-spaced ones in 1.28 s
+    assert gaps[0] < timers.t2_s / 2 < gaps[-1] < timers.t2_s + 0.1, gaps  # T1 first, T2 at the end
+    assert timers.transaction_s - 0.2 < bye_at - oks[0] < timers.transaction_s + 1.0
+    assert b.writer.of_kind("call_ended")[0]["reason"] == "no_ack"
+
+
+async def test_a_bot_hang_up_before_the_ack_waits_64_t1_for_it_then_byes_and_leaves_no_task() -> None:
+    timers = Timers(t1_s=0.02, t2_s=0.08)
+    before = asyncio.all_tasks()
+    async with bridge(fast_settings(call__greeting=True, call__max_call_s=0.3), timers=timers) as b:
+        peer = UdpPeer()
+        try:
+            peer.send(invite_from(peer, uuid.uuid4().hex), b.port)
+            ok_at = bye = None
+            while (reply := await peer.recv(2.0)) is not None:
+                if reply.startswith(b"SIP/2.0 200") and ok_at is None:
+                    ok_at = time.monotonic()
+                elif reply.startswith(b"BYE "):
+                    bye = reply
+                    break
+            assert ok_at is not None and bye is not None
+            assert time.monotonic() - ok_at > timers.transaction_s - 0.2  # not at 0.3 s: the ACK was awaited
+            peer.send(reply_to(bye), b.port)
+            await b.wait_idle(2.0)
+        finally:
+            peer.close()
+    assert b.writer.of_kind("call_ended")[0]["reason"] == "max_duration"
+    left = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()]
+    assert left == []
+
+
+async def test_info_dtmf_relay_delivers_the_key_to_the_session() -> None:
+    async with bridge() as b:
+        peer = UdpPeer()
+        try:
+            call_id = uuid.uuid4().hex
+            peer.send(invite_from(peer, call_id), b.port)
+            tag = to_tag_of(await until_ok(peer))
+            peer.send(request("ACK", port=peer.port, call_id=call_id, to_tag=tag), b.port)
+            session = await b.wait_session()
+            keys: list[tuple[str, int]] = []
+            two_keys = asyncio.Event()
+            original = session.push_dtmf
+
+            async def record(digit: str, duration_ms: int = 0) -> None:
+                keys.append((digit, duration_ms))
+                if len(keys) == 2:
+                    two_keys.set()
+                await original(digit, duration_ms)
+
+            session.push_dtmf = record
+
+            def info(cseq: int, body: bytes, content_type: str = "application/dtmf-relay") -> bytes:
+                return request("INFO", port=peer.port, call_id=call_id, to_tag=tag, cseq=cseq, body=body,
+                               extra=f"Content-Type: {content_type}\r\n")
+
+            for data, expected in [
+                (info(2, b"Signal=5\r\nDuration=160\r\n"), "SIP/2.0 200 OK"),
+                (info(3, b"Signal=X\r\nDuration=160\r\n"), "SIP/2.0 200 OK"),  # not a key: ignored
+                (info(4, b"Signal=7\r\n", content_type="application/json"), "SIP/2.0 200 OK"),  # not dtmf-relay
+                (info(5, b"signal = #\r\n"), "SIP/2.0 200 OK"),  # no duration: 0
+                (info(5, b"Signal=9\r\n"), "SIP/2.0 500 CSeq out of order"),  # a new branch, an old CSeq
+            ]:
+                peer.send(data, b.port)
+                assert status_line(await peer.recv(2.0)) == expected
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(two_keys.wait(), 2.0)
+            assert keys == [("5", 160), ("#", 0)]
+            assert session.dtmf == ["5", "#"]
+            peer.send(request("BYE", port=peer.port, call_id=call_id, to_tag=tag, cseq=6), b.port)
+            assert status_line(await peer.recv(2.0)) == "SIP/2.0 200 OK"
+            await b.wait_idle()
+        finally:
+            peer.close()
+
+
+@pytest.mark.parametrize("router", ["strict", "loose"])
+async def test_the_bridges_bye_follows_the_route_set(router: str) -> None:
+    """RFC 3261 §12.2.1.1: a loose first route stays a Route; a strict one (no ``lr``, RFC 2543) becomes the
+    Request-URI and the remote target goes last in the Routes. Either way the BYE goes to the first route."""
+    async with bridge(fast_settings(call__greeting=True, call__max_call_s=1.0)) as b:
+        caller, proxy = UdpPeer(), UdpPeer()
+        try:
+            first = f"<sip:127.0.0.1:{proxy.port}{';lr' if router == 'loose' else ''}>"
+            second = "<sip:192.0.2.7:5070;lr>"
+            call_id = uuid.uuid4().hex
+            caller.send(invite_from(caller, call_id, record_routes=(first, second)), b.port)
+            ok = await until_ok(caller)
+            assert parse_message(ok).get_all("record-route") == [first, second]
+            caller.send(request("ACK", port=caller.port, call_id=call_id, to_tag=to_tag_of(ok)), b.port)
+            bye = await proxy.recv(5.0)  # the bot hangs up at max_call_s
+            assert bye is not None and bye.startswith(b"BYE "), bye
+            message = parse_message(bye)
+            target = f"sip:caller@127.0.0.1:{caller.port}"
+            if router == "strict":
+                assert message.uri == f"sip:127.0.0.1:{proxy.port}"
+                assert message.get_all("route") == [second, f"<{target}>"]
+            else:
+                assert message.uri == target
+                assert message.get_all("route") == [first, second]
+            proxy.send(reply_to(bye), b.port)
+            await b.wait_idle()
+        finally:
+            caller.close()
+            proxy.close()
+    assert b.writer.of_kind("call_ended")[0]["reason"] == "max_duration"

@@ -159,7 +159,7 @@ class BotAudioTrack(MediaStreamTrack):
             self.dropped_bytes += excess
 
     def clear(self) -> None:
-        """Drops what is queued (the call ended)."""
+        """Drops what is queued (a barge-in, or the call ended)."""
         self._queue.clear()
         self._playing = self._armed = False
 
@@ -233,6 +233,8 @@ class WebRtcTransport:
     async def send_event(self, event: dict[str, Any]) -> None:
         if self.closed:
             return
+        if event.get("type") == "barge_in":  # the caller took the turn: what is queued must not play
+            self.track.clear()
         text = json.dumps(event, ensure_ascii=False)
         channel = self.channel
         if channel is not None and channel.readyState == "open":

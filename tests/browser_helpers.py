@@ -5,10 +5,12 @@ The fakes implement the real interfaces of ``asr/api.py`` and ``nlu/api.py``: th
 real Silero VAD on the audio the page actually sent (and keeps that audio), the LLM answers from a script, so
 the caller's words and the bot's replies are known in advance. VAD (Silero) and TTS (espeak-ng) are real.
 
-``python -m tests.browser_helpers webrtc-call --out FILE --work DIR`` runs one WebRTC call from the real page
-and writes what it saw as JSON. Run it inside a network namespace with only loopback up
-(``unshare -n sh -c 'ip link set lo up && exec python -m tests.browser_helpers ...'``): Chromium's ICE then
-has nothing but 127.0.0.1 to try (it needs ``--allow-loopback-in-peer-connection`` for that, and
+``python -m tests.browser_helpers webrtc-call --out FILE --work DIR [--language ar | --barge-in]`` runs one
+WebRTC call from the real page and writes what it saw as JSON. That call is real but for the LLM: Silero VAD,
+in-process faster-whisper ASR (``make_asr_client``) and espeak-ng TTS, with ``FakeScriptedLlm`` answering.
+Run it inside a network namespace with only loopback up
+(``unshare -n sh -c 'ip link set lo up && exec python -m tests.browser_helpers ...'``): Chromium's ICE then has
+nothing but 127.0.0.1 to try (it needs ``--allow-loopback-in-peer-connection`` for that, and
 ``--disable-features=WebRtcHideLocalIpsWithMdns`` to show the address instead of a ``.local`` name), and no
 check packet can leave the machine. tests/test_webrtc.py does exactly that.
 """
@@ -38,8 +40,8 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 
-from asr.api import AsrOptions, AsrResult, Transcript, VadOptions
-from asr.client import InProcessVadClient
+from asr.api import AsrClient, AsrOptions, AsrResult, AsrSession, Transcript, VadOptions
+from asr.client import InProcessVadClient, make_asr_client
 from asr.vad_service import VadEngine
 from media_bridge.clients import BridgeClients, fallback_tts_settings
 from nlu.api import ChatMessage, GenerateParams, GenerationFinal, LlmEvent, TextDelta
@@ -339,18 +341,23 @@ async def open_page(devtools: str, url: str) -> Cdp:
     return cdp
 
 
-def capture_file(tmp_path: Path, parts: list[tuple[str | None, float]]) -> Path:
-    """The fake microphone: fixtures and silences (seconds) in a row, as a 48 kHz PCM16 WAV."""
+def write_wav(path: Path, samples: np.ndarray, rate_hz: int = 16000) -> None:
     import soundfile as sf
 
+    sf.write(str(path), samples, rate_hz, subtype="PCM_16", format="WAV")
+
+
+def capture_file(tmp_path: Path, parts: list[tuple[str | None, float]], gain_db: float = 0.0) -> Path:
+    """The fake microphone: fixtures and silences (seconds) in a row, as a 48 kHz PCM16 WAV; ``gain_db`` scales
+    it (the fixtures peak at 0 dBFS, hotter than a real microphone)."""
     pieces = []
     for name, silence_s in parts:
         if name is not None:
             pieces.append(read_wav(audio_path(name))[0])
         pieces.append(np.zeros(int(silence_s * 16000), dtype=np.float32))
     path = tmp_path / "microphone.wav"
-    sf.write(str(path), resample(np.concatenate(pieces), 16000, CAPTURE_RATE_HZ), CAPTURE_RATE_HZ,
-             subtype="PCM_16", format="WAV")
+    samples = np.concatenate(pieces) * np.float32(10 ** (gain_db / 20))
+    write_wav(path, resample(samples, 16000, CAPTURE_RATE_HZ), CAPTURE_RATE_HZ)
     return path
 
 
@@ -379,26 +386,187 @@ TRANSCRIPT_JS = """(() => Array.from(document.querySelectorAll('#transcript .msg
 
 # ---- one WebRTC call from the real page (run inside `unshare -n`) ---------------------------------------
 
+
+class _RecordingAsrSession:
+    """Forwards to a real ASR stream and keeps a copy of the audio sent to it."""
+
+    def __init__(self, inner: AsrSession, audio: bytearray) -> None:
+        self._inner = inner
+        self._audio = audio
+
+    async def send_audio(self, pcm16: bytes) -> None:
+        self._audio.extend(pcm16)
+        await self._inner.send_audio(pcm16)
+
+    async def finalize(self) -> None:
+        await self._inner.finalize()
+
+    def results(self) -> AsyncIterator[AsrResult]:
+        return self._inner.results()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+@dataclass
+class RecordingAsr:
+    """The real recogniser (``make_asr_client``), keeping all the audio the call session sent it, so a test
+    can check that what Whisper heard is what the page's microphone played."""
+
+    inner: AsrClient
+    audio: bytearray = field(default_factory=bytearray)
+
+    def open(self, options: AsrOptions) -> _RecordingAsrSession:
+        return _RecordingAsrSession(self.inner.open(options), self.audio)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def real_asr_clients(holder: dict[str, RecordingAsr], replies: dict[str, tuple[str, ...]]) -> Any:
+    """A ``clients_factory``: real Silero VAD, espeak-ng TTS and in-process faster-whisper ASR (left in
+    ``holder["asr"]``); only the LLM is scripted."""
+
+    async def clients_factory(s: Settings) -> BridgeClients:
+        vad_engine = VadEngine(s)
+        await asyncio.to_thread(vad_engine.load)
+        tts_engine = TtsEngine(fallback_tts_settings(s))
+        await asyncio.to_thread(tts_engine.load)
+        tts = InProcessTtsClient(tts_engine)
+        holder["asr"] = RecordingAsr(await make_asr_client(s))
+        return BridgeClients(vad=InProcessVadClient(vad_engine), asr=holder["asr"], llm=FakeScriptedLlm(replies),
+                             tts=tts, fallback_tts=tts)
+
+    return clients_factory
+
+
+@dataclass(frozen=True)
+class CallScript:
+    """One browser call: what the fake microphone plays, what the scripted LLM answers, when it is over."""
+
+    language: str  # picked on the page before Call
+    microphone: tuple[tuple[str | None, float], ...]  # (fixture, then seconds of silence), as capture_file
+    replies: tuple[str, ...]  # the LLM's answers to the 1st, 2nd, ... caller turn
+    reference: str  # the fixture whose audio the server must have received
+    answered_turns: int  # bot bubbles with a latency badge (the greeting has none) that end the call
+    # Speech at about -26 dBFS RMS, as a headset microphone gives: the fixtures at full level go through the
+    # browser's gain control and noise suppression worse (Whisper lost more of the Arabic fixture).
+    microphone_gain_db: float = -10.0
+
+
 WEBRTC_REPLY = "Your order was shipped yesterday and should arrive on Friday."
+WEBRTC_REPLY_AR = "حسنا، سأحولك الآن إلى أحد موظفي خدمة العملاء."
+# Several sentences (about 20 s of espeak), so the caller's second question lands well inside it.
+WEBRTC_LONG_REPLY = (
+    "Sure, I can help with that. Your order left our warehouse on Monday and went to the courier on Tuesday "
+    "morning. It is on its way now, and the courier expects to deliver it on Friday between nine and five. "
+    "You will get a text message with a tracking link an hour before it arrives. "
+    "Is there anything else I can help you with today?")
+WEBRTC_SHORT_REPLY = "Your balance is two hundred and fifty dollars."
+
+CALL_SCRIPTS = {
+    # Speak once the greeting (~4 s in English, ~5.5 s in Arabic) is over.
+    "en": CallScript("en", ((None, 5.0), ("en_order.wav", 6.0)), (WEBRTC_REPLY,), "en_order.wav", 1),
+    "ar": CallScript("ar", ((None, 6.5), ("ar_agent.wav", 7.0)), (WEBRTC_REPLY_AR,), "ar_agent.wav", 1),
+    # Ask, then ask again about 2 s into the long answer: the question's speech ends 1.2 s before its file
+    # does, the reply starts ~0.6 s after that, and the next question's speech starts 0.65 s into its file.
+    "barge-in": CallScript("en", ((None, 5.0), ("en_order.wav", 1.0), ("en_balance.wav", 6.0)),
+                           (WEBRTC_LONG_REPLY, WEBRTC_SHORT_REPLY), "en_order.wav", 2),
+}
+
+# Installed before Call: wraps the page's RTCPeerConnection to record, with page-clock times (ms), every
+# event on the data channel and the remote track's cumulative energy (getStats `totalAudioEnergy`, the
+# integral of audioLevel² over what was played out) every 50 ms, finer than the page's own 500 ms poll.
+PROBE_JS = """(() => {
+  const probe = window.__probe = {events: [], energy: []};
+  const Base = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Base {
+    constructor(...args) {
+      super(...args);
+      const timer = setInterval(async () => {
+        if (this.connectionState === 'closed') return clearInterval(timer);
+        try {
+          const report = await this.getStats();
+          report.forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'audio')
+              probe.energy.push([performance.now(), s.totalAudioEnergy || 0, s.totalSamplesDuration || 0]);
+          });
+        } catch { /* closed under us */ }
+      }, 50);
+    }
+    createDataChannel(...args) {
+      const channel = super.createDataChannel(...args);
+      channel.addEventListener('message', (m) => {
+        try {
+          const e = JSON.parse(m.data);
+          probe.events.push({t: performance.now(), type: e.type, state: e.state || null,
+                             language: e.language || null});
+        } catch { /* not JSON */ }
+      });
+      return channel;
+    }
+  };
+})()"""
+
+PAGE_JS = """({dir: document.documentElement.dir, lang: document.documentElement.lang,
+  direction: getComputedStyle(document.body).direction, title: document.title,
+  call: document.getElementById('call').textContent.trim(),
+  hangup: document.getElementById('hangup').textContent.trim(),
+  state: document.querySelector('#state .label').textContent,
+  who: Array.from(document.querySelectorAll('#transcript .msg .who span:first-child')).map(e => e.textContent)})"""
 
 
-async def _webrtc_call(url: str, asr: FakeScriptedAsr, work: Path) -> dict[str, Any]:
-    order = json.loads((audio_path("TEXTS.json")).read_text())["en_order.wav"]["text"]
-    asr.reset([Utterance("en", order)])
-    wav = capture_file(work, [(None, 5.0), ("en_order.wav", 6.0)])  # speak once the greeting (~4 s) is over
+def energy_rate(samples: list[list[float]], start_ms: float, end_ms: float) -> float | None:
+    """Mean audioLevel² of the remote track played out between two page times (None: no samples there)."""
+    inside = [s for s in samples if start_ms <= s[0] <= end_ms]
+    if len(inside) < 2 or inside[-1][2] <= inside[0][2]:
+        return None
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][2] - inside[0][2])
+
+
+def barge_in_audio(probe: dict[str, list]) -> dict[str, Any]:
+    """When the bot spoke, when the caller cut in, when the barge-in came, and the bot's loudness around it."""
+    events, energy = probe["events"], probe["energy"]
+    barge_ms = next((e["t"] for e in events if e["type"] == "barge_in"), None)
+    if barge_ms is None:
+        return {"barge_in_ms": None}
+    # The reply that was cut started at the last bot_speaking before the barge-in; the caller cut in at the
+    # first speech after that (a short first burst pauses the bot, and it may resume before the real words).
+    speaking_ms = max((e["t"] for e in events if e["state"] == "bot_speaking" and e["t"] <= barge_ms), default=None)
+    starts = [e["t"] for e in events if e["type"] == "speech.started" and e["t"] <= barge_ms]
+    if speaking_ms is None or not starts:
+        return {"barge_in_ms": barge_ms, "events": events}  # the test fails on the missing numbers
+    speech_ms = min((t for t in starts if t >= speaking_ms), default=starts[-1])
+    # The answer to the new question may start within the second: the window ends there.
+    after_ms = min([barge_ms + 1000] + [e["t"] for e in events if e["state"] == "bot_speaking" and e["t"] > barge_ms])
+    return {"barge_in_ms": barge_ms, "reply_to_caller_speech_s": round((speech_ms - speaking_ms) / 1000, 2),
+            "caller_speech_to_barge_in_s": round((barge_ms - speech_ms) / 1000, 2),
+            # The bot's voice in the second before the caller cut in, and in the second after the barge-in.
+            "energy_before": energy_rate(energy, max(speaking_ms, speech_ms - 1000), speech_ms),
+            "energy_after": energy_rate(energy, barge_ms, after_ms), "after_s": round((after_ms - barge_ms) / 1000, 2)}
+
+
+async def _webrtc_call(url: str, asr: RecordingAsr, work: Path, script: CallScript) -> dict[str, Any]:
+    wav = capture_file(work, list(script.microphone), script.microphone_gain_db)
     with chromium(work, wav, extra_flags=WEBRTC_LOOPBACK_FLAGS) as devtools:
         cdp = await open_page(devtools, url)
         try:
+            await cdp.js(PROBE_JS)
+            if script.language != "en":
+                await cdp.js(f"(() => {{ const s = document.getElementById('language'); s.value = "
+                             f"{json.dumps(script.language)}; s.dispatchEvent(new Event('change')); }})()")
             clicked = time.monotonic()
             await cdp.click("#call")
             await cdp.wait_for("voiceai.stats().transport", 20, "a transport to be chosen")
-            await cdp.wait_for("document.querySelectorAll('#transcript .msg.bot .latency').length >= 1", 40,
-                               "an answered turn")
+            await cdp.wait_for(f"document.querySelectorAll('#transcript .msg.bot .latency').length >= "
+                               f"{script.answered_turns}", 45, f"{script.answered_turns} answered turn(s)")
             answered_s = time.monotonic() - clicked
             await asyncio.sleep(0.6)  # one more stats poll of the remote audio
-            await cdp.screenshot(work / "page-webrtc.png")
+            await cdp.screenshot(work / f"page-webrtc-{script.language}.png")
             messages = await cdp.js(TRANSCRIPT_JS)
             stats = await cdp.js("voiceai.stats()")
+            page = await cdp.js(PAGE_JS)
+            probe = await cdp.js("window.__probe")
             label = await cdp.js("document.getElementById('transport').hidden ? '' : "
                                  "document.getElementById('transport').textContent")
             remote_audio = await cdp.js("(() => { const a = document.getElementById('remote-audio');"
@@ -407,30 +575,41 @@ async def _webrtc_call(url: str, asr: FakeScriptedAsr, work: Path) -> dict[str, 
             await cdp.click("#hangup")
             await cdp.wait_for("voiceai.stats().state === 'ended'", 10, "the call to end")
             ended_state = await cdp.js("voiceai.stats().state")
+            page["ended_label"] = await cdp.js("document.querySelector('#state .label').textContent")
         finally:
             console = list(cdp.console)
             await cdp.close()
     received = pcm16_to_float(bytes(asr.audio))
-    correlation = best_correlation(received, read_wav(audio_path("en_order.wav"))[0]) if len(received) else 0.0
+    await asyncio.to_thread(write_wav, work / "server-audio.wav", received)  # what Whisper heard, for a look
+    reference = read_wav(audio_path(script.reference))[0]
+    correlation = best_correlation(received, reference) if len(received) else 0.0
     return {"transport_label": label, "remote_audio": remote_audio, "stats": stats, "messages": messages,
-            "ended_state": ended_state,
-            "reply": WEBRTC_REPLY, "server_audio_correlation": correlation, "console": console[-30:],
+            "page": page, "ended_state": ended_state, "replies": list(script.replies),
+            "barge_in": barge_in_audio(probe), "probe": probe,
+            "final_languages": [e["language"] for e in probe["events"] if e["type"] == "transcript.final"],
+            "server_audio_correlation": correlation, "console": console[-30:],
             "timings": {**(stats.get("timings") or {}), "click_to_answered_turn_s": round(answered_s, 2)}}
 
 
-def run_webrtc_call(out: Path, work: Path) -> None:
-    """The gateway (WebRTC on loopback) and Chromium on the real page; what the page showed goes to ``out``."""
+def run_webrtc_call(out: Path, work: Path, scenario: str) -> None:
+    """The gateway (WebRTC on loopback, real VAD, ASR and TTS, scripted LLM) and Chromium on the real page;
+    what the page showed goes to ``out``."""
     from gateway.app import create_app
     from tests.platform_helpers import isolate
     from voiceai.config import load_settings
 
+    script = CALL_SCRIPTS[scenario]
     settings = isolate(load_settings(profile="cpu", env={}, overrides={
         "channels.webrtc.host_addresses": ["127.0.0.1"], "channels.webrtc.connect_timeout_s": 10,
         "auth.rate_limit.enabled": False}), work / "platform")  # no Redis inside the namespace
-    holder: dict[str, FakeScriptedAsr] = {}
-    app = create_app(settings, clients_factory=scripted_clients(holder, {"en": (WEBRTC_REPLY,)}), kb_factory=None)
+    holder: dict[str, RecordingAsr] = {}
+    started = time.monotonic()
+    app = create_app(settings, clients_factory=real_asr_clients(holder, {script.language: script.replies}),
+                     kb_factory=None)
     with serve(app) as url:
-        result = asyncio.run(asyncio.wait_for(_webrtc_call(url, holder["asr"], work), 75))
+        ready_s = time.monotonic() - started
+        result = asyncio.run(asyncio.wait_for(_webrtc_call(url, holder["asr"], work, script), 55))
+    result["timings"]["gateway_ready_s"] = round(ready_s, 2)
     out.write_text(json.dumps(result, ensure_ascii=False, indent=1))
 
 
@@ -440,8 +619,13 @@ def main(argv: Sequence[str]) -> int:
     call = sub.add_parser("webrtc-call", help="one WebRTC call from the real page in headless Chromium")
     call.add_argument("--out", type=Path, required=True, help="JSON result")
     call.add_argument("--work", type=Path, required=True, help="folder for the profile, logs and screenshots")
+    call.add_argument("--language", choices=("en", "ar"), default="en", help="the page's (and the call's) language")
+    call.add_argument("--barge-in", action="store_true",
+                      help="a long reply the microphone talks over (English only)")
     args = parser.parse_args(argv)
-    run_webrtc_call(args.out, args.work)
+    if args.barge_in and args.language != "en":
+        parser.error("--barge-in runs in English only")
+    run_webrtc_call(args.out, args.work, "barge-in" if args.barge_in else args.language)
     return 0
 
 

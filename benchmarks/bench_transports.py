@@ -322,10 +322,12 @@ def markdown(summary: dict[str, Any], calls: int, sip_jitter_ms: int) -> str:
                      f"gets the first bot frame {extra:.0f} ms (p50) after the packet arrived. That is the caller's "
                      "side and not counted above; a browser's adaptive buffer takes its place.")
     held = {rate: resampler_holdback_ms(rate) for rate in (8000, 48000)}
-    notes.append("Part of the added time is the call's own resampling to 16 kHz (`voiceai.audio.StreamResampler`, "
-                 "soxr streaming): it releases audio in blocks, so the endpointer hears the end of speech late by "
+    notes.append("Resampling the caller's audio to 16 kHz (`voiceai.audio.StreamResampler`) holds back "
                  f"{held[8000]['mean']:.0f} ms on average (up to {held[8000]['max']:.0f}) at 8 kHz (SIP, Twilio) and "
-                 f"{held[48000]['mean']:.0f} ms (up to {held[48000]['max']:.0f}) at 48 kHz (WebRTC).")
+                 f"{held[48000]['mean']:.0f} ms (up to {held[48000]['max']:.0f}) at 48 kHz (WebRTC) before the "
+                 "endpointer hears it (soxr's stream mode held back 64 ms on average at 8 kHz, which is why the "
+                 "bridge now uses its own causal FIR for these rates; the filter's ~3 ms group delay is not counted "
+                 "here).")
     greeted = [t for t, s in summary.items() if s["greeting_heard"]]
     if greeted:
         notes.append(f"{', '.join(greeted)}: the bot greeted although `call.greeting` is false (those transports "

@@ -5,7 +5,7 @@
 Each fixture clip (tests/fixtures/audio: Piper English, MBROLA Arabic) is recognised three ways by the
 configured ASR (Whisper, in-process): as recorded (16 kHz), and as a phone call delivers it to the
 bridge, downsampled to 8 kHz, through G.711 mu-law or A-law and back, and resampled to 16 kHz frame
-by frame by the bridge (soxr HQ, exactly the ``CallSession`` path). WER is over folded words
+by frame by the bridge (``voiceai.audio.StreamResampler``, exactly the ``CallSession`` path). WER is over folded words
 (``asr.metrics``); "final after end" is from the last audio chunk to the final transcript.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from asr.api import AsrOptions, Transcript
 from asr.client import InProcessAsrClient
-from asr.metrics import word_errors, words
+from asr.metrics import cer, word_errors, words
 from asr.recognizer import AsrEngine
 from benchmarks import report
 from tests.asr_helpers import as_bridge_hears, phone_line_pcm
@@ -86,6 +86,7 @@ async def run(rounds: int) -> dict[str, Any]:
                 said = words(meta["text"])
                 rows.append({"clip": name, "language": meta["language"], "path": path, "heard": heard,
                              "errors": word_errors(words(heard), said), "words": len(said),
+                             "cer": cer(heard, meta["text"]),
                              "final_after_end_ms": report.median(latency)})
                 print(rows[-1], flush=True)
     finally:
@@ -96,6 +97,7 @@ async def run(rounds: int) -> dict[str, Any]:
             mine = [r for r in rows if r["language"] == language and r["path"] == path]
             summary.append({"language": language, "path": path,
                             "wer": sum(r["errors"] for r in mine) / max(1, sum(r["words"] for r in mine)),
+                            "cer": report.median([r["cer"] for r in mine]),
                             "final_after_end_ms": report.median([r["final_after_end_ms"] for r in mine])})
     return {"asr": settings.asr.model_dump(mode="json").get("model", ""), "rounds": rounds,
             "clips": rows, "summary": summary}
@@ -104,11 +106,12 @@ async def run(rounds: int) -> dict[str, Any]:
 def markdown(data: dict[str, Any]) -> str:
     out = ["## Phone audio (8 kHz G.711) and the recogniser", "",
            "Fixture clips recognised as recorded (16 kHz) and as a phone call delivers them (8 kHz, G.711 "
-           "round trip, the bridge's soxr resampling to 16 kHz). WER over folded words; the Arabic clips are "
+           "round trip, the bridge's resampling to 16 kHz). WER over folded words, CER (median over clips) over their "
+           "letters; the Arabic clips are "
            "synthetic MBROLA speech, which Whisper base only partly understands even at 16 kHz, so compare "
            "the rows, not the absolute Arabic figure.", ""]
-    out.append(report.table(["language", "audio path", "WER", "final after end (ms, median)"],
-                            [[s["language"], s["path"], round(s["wer"], 3), s["final_after_end_ms"]]
+    out.append(report.table(["language", "audio path", "WER", "CER", "final after end (ms, median)"],
+                            [[s["language"], s["path"], round(s["wer"], 3), round(s["cer"], 3), s["final_after_end_ms"]]
                              for s in data["summary"]]))
     out += ["", report.table(["clip", "audio path", "word errors / words", "heard"],
                              [[r["clip"], r["path"], f"{r['errors']}/{r['words']}", r["heard"]]

@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -37,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 from websockets.asyncio.client import connect
 
 from asr.api import AsrClient, AsrOptions, AsrResult, AsrSession, Transcript, VadOptions
@@ -46,7 +44,7 @@ from asr.vad_service import VadEngine
 from media_bridge.clients import BridgeClients, fallback_tts_settings
 from nlu.api import ChatMessage, GenerateParams, GenerationFinal, LlmEvent, TextDelta
 from tests.conftest import audio_path
-from tests.servers import free_port
+from tests.servers import serve_app
 from tts.client import InProcessTtsClient
 from tts.engine import TtsEngine
 from voiceai.audio import pcm16_to_float, read_wav, resample
@@ -190,20 +188,8 @@ def scripted_clients(holder: dict[str, FakeScriptedAsr], replies: dict[str, tupl
 @contextlib.contextmanager
 def serve(app: Any) -> Iterator[str]:
     """Runs ``app`` with uvicorn in a thread on a free loopback port; yields its base URL (ending in /)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the gateway did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with serve_app(app) as url:
+        yield url + "/"
 
 
 # ---- Chromium over the DevTools protocol ------------------------------------------------------------

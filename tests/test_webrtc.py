@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ import av
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -40,7 +38,7 @@ from media_bridge.clients import BridgeClients
 from media_bridge.webrtc import BotAudioTrack, check_offer, to_mono_pcm16
 from tests.fakes import FAST_CALL, FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient
 from tests.platform_helpers import isolate
-from tests.servers import free_port
+from tests.servers import serve_app
 from voiceai.config import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -75,20 +73,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
     app = create_app(webrtc_settings(tmp_path_factory.mktemp("platform")), clients_factory=clients_factory,
                      kb_factory=None)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the gateway did not start")
-        time.sleep(0.05)
-    try:
-        yield Gateway(f"http://127.0.0.1:{port}", llm)
-    finally:
-        server.should_exit = True
-        thread.join(15)
+    with serve_app(app) as url:
+        yield Gateway(url, llm)
 
 
 # ---- a caller in Python --------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,14 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE_HZ = 16000
 _FULL_WINDOW_S = 30
 _TOKENS_PER_AUDIO_S = 8  # generous upper bound of speech tokens per second, to stop loops
+
+
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([?.!,:;؟،؛])")
+
+
+def join_words(words: Iterable[str]) -> str:
+    """Word texts as one line: "account?" rather than "account ?" (Whisper gives punctuation its own word)."""
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", " ".join(w.strip() for w in words if w.strip()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +204,7 @@ class FasterWhisperBackend:
                 audio_end_ms = r.offset_ms + len(r.audio) * 1000 // SAMPLE_RATE_HZ
                 kept = drop_words_in_padding(words, audio_end_ms)
                 if len(kept) < len(words):
-                    words, text = kept, " ".join(w.text for w in kept)
+                    words, text = kept, join_words(w.text for w in kept)
             lang, lang_p = languages[i]
             out.append(DecodeResult(text=text, language=lang, language_probability=lang_p,
                                     confidence=float(math.exp(min(0.0, score))),

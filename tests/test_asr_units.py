@@ -107,3 +107,11 @@ def test_words_placed_in_the_padding_are_dropped():
     words = (Word("Please", 500, 800, 0.9), Word("hold.", 800, 1200, 0.9), Word("Please", 2480, 2700, 0.4))
     assert [w.text for w in drop_words_in_padding(words, audio_end_ms=2450)] == ["Please", "hold."]
     assert drop_words_in_padding(words, audio_end_ms=3000) == words
+
+
+def test_dropped_padding_words_are_rejoined_without_space_before_punctuation() -> None:
+    from asr.whisper import join_words
+
+    assert join_words(["What", "is", "my", "account", "?"]) == "What is my account?"
+    assert join_words([" مرحبا", "،", "كيف", "حالك", "؟"]) == "مرحبا، كيف حالك؟"
+    assert join_words(["", " ok", "."]) == "ok."

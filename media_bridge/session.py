@@ -40,6 +40,7 @@ from rag.answer import GroundedLlm
 from tts.chunker import PhraseChunker, split_phrases
 from voiceai.audio import MODEL_RATE_HZ, Pcm16Assembler, StreamResampler, float_to_pcm16
 from voiceai.config import Settings
+from voiceai.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class CallSession:
         self.history: list[ChatMessage] = []
         self.turns: list[TurnRecord] = []
         self.ended_reason: str | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(log, "call task failed", call_id=call_id)
         self._ended = asyncio.Event()
         self._assembler = Pcm16Assembler()
         self._resampler = StreamResampler(transport.sample_rate_hz, MODEL_RATE_HZ)
@@ -225,15 +226,7 @@ class CallSession:
     # ---- plumbing ----------------------------------------------------------------------------
 
     def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("call task failed", exc_info=task.exception(), extra={"call_id": self.call_id})
+        return self._tasks.spawn(coro)
 
     async def _emit(self, event: dict[str, Any]) -> None:
         event.setdefault("t_ms", round(self.clock.now_ms(), 1))
@@ -259,10 +252,7 @@ class CallSession:
             self.sm.to(CallState.ENDED)
         if self._speculation:
             self._speculation.cancel()
-        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         await self.playout.stop()
         for session in (self._asr, self._vad):
             if session is not None:

@@ -40,6 +40,7 @@ from media_bridge.sip.message import (
 )
 from media_bridge.sip.rtp import RtpSession
 from media_bridge.sip.transport import SipCallTransport
+from voiceai.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class SipServer:
         self._transport: asyncio.DatagramTransport | None = None
         self._server_txns: dict[tuple[str, str, int, str], _ServerTxn] = {}
         self._client_txns: dict[tuple[str, str], asyncio.Future[SipMessage]] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(log, "sip task failed")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._bad_logged: dict[str, float] = {}
@@ -158,15 +159,7 @@ class SipServer:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
         """Runs ``coro`` as a task the server tracks (and cancels at ``stop``); failures are logged."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("sip task failed", exc_info=task.exception(), extra={"task": task.get_name()})
+        return self._tasks.spawn(coro, name)
 
     # ---- wire --------------------------------------------------------------------------------
 

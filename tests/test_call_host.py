@@ -157,3 +157,24 @@ def test_voiceai_up_sip_port_turns_sip_on(monkeypatch: pytest.MonkeyPatch) -> No
     args = build_parser().parse_args(["up"])
     args.func(args)
     assert seen["sip"].port is None  # SIP stays off unless asked for
+
+
+async def test_task_set_keeps_logs_and_cancels(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from voiceai.tasks import TaskSet
+
+    tasks = TaskSet(logging.getLogger("test.tasks"), "owner task failed", call_id="c9")
+
+    async def boom() -> None:
+        raise RuntimeError("broken")
+
+    failing = tasks.spawn(boom(), "boom")
+    sleeper = tasks.spawn(asyncio.sleep(60), "sleeper")
+    await asyncio.gather(failing, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert list(tasks) == [sleeper] and len(tasks) == 1  # done tasks are forgotten
+    record = next(r for r in caplog.records if r.getMessage() == "owner task failed")
+    assert record.call_id == "c9" and record.task == "boom"  # type: ignore[attr-defined]
+    await tasks.cancel_all()
+    assert sleeper.cancelled() and len(tasks) == 0

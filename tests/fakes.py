@@ -55,6 +55,12 @@ def tone(ms: float, rate_hz: int = RATE_HZ, freq_hz: float = 220.0, amplitude: f
     return (np.sin(2 * math.pi * freq_hz * t) * amplitude * 32767).astype("<i2").tobytes()
 
 
+def peak_hz(samples: np.ndarray, rate_hz: int) -> float:
+    """The strongest frequency in ``samples`` (Hann-windowed spectrum): which tone came through."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate_hz / len(samples))
+
+
 def silence(ms: float, rate_hz: int = RATE_HZ) -> bytes:
     return b"\0\0" * int(rate_hz * ms / 1000)
 

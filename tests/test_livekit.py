@@ -29,7 +29,7 @@ from media_bridge.livekit_agent import (
     LiveKitTransport,
     pcm16_frame,
 )
-from tests.fakes import fast_settings, silence, tone
+from tests.fakes import fast_settings, peak_hz, silence, tone
 from tests.host_helpers import fake_host
 from tests.servers import free_port
 
@@ -93,11 +93,6 @@ class Listener:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-def _peak_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
-    return float(np.fft.rfftfreq(len(samples), 1 / RATE_HZ)[int(np.argmax(spectrum))])
-
-
 def _loud(samples: np.ndarray) -> np.ndarray:
     return samples[np.abs(samples) > 0] if samples.size else samples
 
@@ -153,7 +148,7 @@ async def test_the_transport_plays_audio_publishes_events_and_clears_on_barge_in
             await asyncio.sleep(FRAME_MS / 1000)
         await asyncio.sleep(0.2)
         played = _loud(listener.audio())
-        assert len(played) > RATE_HZ * 0.3 and abs(_peak_hz(played) - BOT_HZ) < 5
+        assert len(played) > RATE_HZ * 0.3 and abs(peak_hz(played, RATE_HZ) - BOT_HZ) < 5
 
         await transport.send_event({"type": "bot.text", "turn": 1, "text": "مرحبا، كيف أساعدك؟"})
         assert publisher.sent[-1] == ({"type": "bot.text", "turn": 1, "text": "مرحبا، كيف أساعدك؟"}, True,
@@ -243,7 +238,7 @@ async def test_a_whole_call_in_a_room_until_the_caller_leaves() -> None:
         said_at = time.monotonic()
         await _until(lambda: "turn" in publisher.types(), 5, "the reply", caller)
         reply = _loud(bot.audio(after=said_at))
-        assert len(reply) > RATE_HZ * 0.1 and abs(_peak_hz(reply) - BOT_HZ) < 5
+        assert len(reply) > RATE_HZ * 0.1 and abs(peak_hz(reply, RATE_HZ) - BOT_HZ) < 5
         turn = next(e for e, _, _ in publisher.sent if e["type"] == "turn")
         assert turn["user_text"] == "hello" and turn["bot_text"]
         assert all(topic == EVENTS_TOPIC and reliable for _, reliable, topic in publisher.sent)

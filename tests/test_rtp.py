@@ -17,6 +17,7 @@ from media_bridge import g711
 from media_bridge.sip.dtmf import build_event_packets
 from media_bridge.sip.jitter import FRAME_BYTES, Frame, JitterBuffer, SsrcGuard
 from media_bridge.sip.rtp import PCMA, PCMU, TELEPHONE_EVENT, Codec, RtpError, RtpPacket, RtpSession
+from tests.fakes import peak_hz
 
 pytestmark = pytest.mark.unit
 
@@ -254,11 +255,6 @@ def tone(seconds: float, hz: float = 440.0) -> bytes:
     return (np.sin(2 * np.pi * hz * t) * 12000).astype("<i2").tobytes()
 
 
-def peak_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
-    return float(np.argmax(spectrum) * 8000 / len(samples))
-
-
 class RawPeer:
     """A bare UDP socket playing a misbehaving (or NATed) peer."""
 
@@ -307,7 +303,7 @@ async def test_a_tone_crosses_between_two_sessions(codec: Codec) -> None:
         await b.session.close()
     received = b.audio()
     start = int(np.nonzero(np.abs(received) > 2000)[0][0])
-    assert abs(peak_hz(received[start:start + 4000]) - 440) < 5
+    assert abs(peak_hz(received[start:start + 4000], 8000) - 440) < 5
     assert len(received[start:][np.abs(received[start:]) > 2000]) > 0.4 * 4800
     assert b.session.stats.lost == 0 and b.session.stats.packets_in > 30
     assert all(len(f) == FRAME_BYTES for f in b.frames)
@@ -365,7 +361,7 @@ async def test_a_flood_from_a_second_source_does_not_reach_the_call(raw_peers: l
     assert b.session.stats.lost == 0
     received = b.audio()[frames_before * 160:]
     start = int(np.nonzero(np.abs(received) > 2000)[0][0])
-    assert abs(peak_hz(received[start:start + 800]) - 440) < 15
+    assert abs(peak_hz(received[start:start + 800], 8000) - 440) < 15
 
 
 async def test_replies_go_to_the_latched_source_not_the_sdp_address(raw_peers: list[RawPeer]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from media_bridge.channels import SipConfig
 from media_bridge.host import CallSpec
 from media_bridge.sip.ua import SipServer
-from tests.fakes import fast_settings
+from tests.fakes import fast_settings, peak_hz
 from tests.host_helpers import fake_host
 from tests.pjsua_caller import call_with_pjsua
 from voiceai.audio import read_wav, write_wav
@@ -34,8 +34,7 @@ def dominant_hz(samples: np.ndarray, rate: int) -> float:
     """The strongest frequency of the loud part (A-law silence decodes to a small DC offset)."""
     idx = np.flatnonzero(np.abs(samples) > 0.02)
     loud = samples[idx[0]:idx[-1] + 1]
-    spectrum = np.abs(np.fft.rfft((loud - loud.mean()) * np.hanning(loud.size)))
-    return float(np.fft.rfftfreq(loud.size, 1 / rate)[int(np.argmax(spectrum))])
+    return peak_hz(loud - loud.mean(), rate)
 
 
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])

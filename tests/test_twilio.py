@@ -36,7 +36,16 @@ from gateway.auth.tokens import issue_access
 from media_bridge.clients import BridgeClients
 from media_bridge.g711 import ulaw_decode, ulaw_encode
 from media_bridge.twilio import _port_variants, connect_twiml, signature, signature_valid, signed_url, stream_url
-from tests.fakes import FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient, fast_settings, silence, tone
+from tests.fakes import (
+    FakeAsrClient,
+    FakeLlmClient,
+    FakeTtsClient,
+    FakeVadClient,
+    fast_settings,
+    peak_hz,
+    silence,
+    tone,
+)
 from tests.platform_helpers import isolate, kb_database
 from tests.servers import serve_app
 from voiceai.config import Settings
@@ -217,11 +226,6 @@ class FakeTwilio:
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype="<i2")
 
 
-def _peak_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
-    return float(np.fft.rfftfreq(len(samples), 1 / RATE_HZ)[int(np.argmax(spectrum))])
-
-
 async def _until_closed(twilio: FakeTwilio) -> int | None:
     try:
         return await twilio.closed()
@@ -360,7 +364,7 @@ async def test_a_call_over_the_media_stream_with_a_barge_in(gateway: Gateway) ->
         assert twilio.marks and twilio.marks[0][1] == "phrase-1"
         greeting = twilio.audio()
         assert np.sqrt(np.mean(greeting.astype(np.float64) ** 2)) > 1000  # not silence
-        assert abs(_peak_hz(greeting) - BOT_HZ) < 10
+        assert abs(peak_hz(greeting, RATE_HZ) - BOT_HZ) < 10
         assert {len(p) for _, p in twilio.media} == {RATE_HZ * FRAME_MS // 1000 * 2}
         first, last = twilio.media[0][0], twilio.media[-1][0]
         assert (last - first) >= 0.020 * (len(twilio.media) - 1) * 0.8  # paced in real time, not a burst
@@ -378,7 +382,7 @@ async def test_a_call_over_the_media_stream_with_a_barge_in(gateway: Gateway) ->
         await twilio.until(lambda: any(n.startswith("turn-") for _, n in twilio.marks), timeout_s=8,
                            what="the reply's end mark")
         reply = twilio.audio(after=cleared_at + 0.25)
-        assert len(reply) > RATE_HZ // 2 and abs(_peak_hz(reply) - BOT_HZ) < 10
+        assert len(reply) > RATE_HZ // 2 and abs(peak_hz(reply, RATE_HZ) - BOT_HZ) < 10
         names = [n for _, n in twilio.marks]
         assert names[-1] == "turn-1" and names.count("phrase-1") == 1 and len(names) >= 3
 

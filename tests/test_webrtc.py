@@ -36,7 +36,7 @@ from asr.metrics import word_errors, words
 from gateway.app import create_app
 from media_bridge.clients import BridgeClients
 from media_bridge.webrtc import BotAudioTrack, check_offer, to_mono_pcm16
-from tests.fakes import FAST_CALL, FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient
+from tests.fakes import FAST_CALL, FakeAsrClient, FakeLlmClient, FakeTtsClient, FakeVadClient, peak_hz
 from tests.platform_helpers import isolate
 from tests.servers import serve_app
 from voiceai.config import Settings, load_settings
@@ -178,11 +178,6 @@ async def signal(http: httpx.AsyncClient, call_id: str, token: str | None, sdp: 
                            headers=headers)
 
 
-def dominant_hz(samples: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(len(samples))))
-    return float(np.argmax(spectrum) * RATE_HZ / len(samples))
-
-
 # ---- units ------------------------------------------------------------------------------------------
 
 
@@ -299,7 +294,7 @@ def test_call_over_webrtc(gateway: Gateway, tmp_path: Path) -> None:
     # The loudest stretch of the received audio is the fake voice: 440 Hz after Opus and back.
     blocks = audio[: len(audio) // 4800 * 4800].reshape(-1, 4800)
     loudest = blocks[np.argsort(np.abs(blocks).mean(axis=1))[-5:]]
-    assert all(abs(dominant_hz(b) - BOT_TONE_HZ) < 15 for b in loudest), [dominant_hz(b) for b in loudest]
+    assert all(abs(peak_hz(b, RATE_HZ) - BOT_TONE_HZ) < 15 for b in loudest), [peak_hz(b, RATE_HZ) for b in loudest]
     assert "hello" in [c.user_text for c in gateway.llm.calls], "the LLM heard the caller"
 
 
